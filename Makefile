@@ -1,0 +1,31 @@
+# Set-up and the two jobs. `make demo` and `make test` each create .venv when absent and install
+# the exact pins of constraints.txt; the install is skipped while .venv/.installed is newer than
+# constraints.txt, setup.cfg and pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) constraints.txt setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m embedkit.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/extract_throughput.py
+
+clean:
+	rm -rf $(VENV) demo-output

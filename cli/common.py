@@ -1,0 +1,74 @@
+"""Pieces shared by the commands: the error-reporting group, output helpers, common options."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from embedkit.errors import EmbedkitError
+
+
+class EmbedkitGroup(click.Group):
+    """Turns embedkit errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EmbedkitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: everything flushed so far stays in the cache", err=True)
+            sys.exit(130)
+
+
+def emit_json(data):
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A plain aligned text table."""
+    if not rows:
+        return "(nothing)"
+    columns = columns or list(rows[0])
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+cache_option = click.option("--cache", type=click.Path(file_okay=False), default=None,
+                            envvar="EMBEDKIT_HOME",
+                            help="Cache folder (default ~/.cache/embedkit, or $EMBEDKIT_HOME).")
+
+
+def model_options(f):
+    """--model, --layer, --pool, --normalize, --weights: how items become vectors."""
+    options = [
+        click.option("--model", "-m", default=None,
+                     help="Backbone name (embedkit models); default efficientnet_lite0 for "
+                          "images, glove-6b-50d for text."),
+        click.option("--layer", default=None, help="Layer to read (embedkit layers MODEL)."),
+        click.option("--pool", type=click.Choice(["avg", "max", "gem", "flatten"]), default=None,
+                     help="Pooling of block layers (default avg)."),
+        click.option("--normalize", is_flag=True, default=False, help="L2-normalise vectors."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="Explicit weights file for the model."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

@@ -1,0 +1,222 @@
+"""`embedkit`: the command-line entry point. One thin command per verb."""
+
+from __future__ import annotations
+
+import click
+
+from embedkit.cli.common import EmbedkitGroup, cache_option, emit_json, json_option, \
+    model_options, table
+
+
+@click.group(cls=EmbedkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embedkit")
+def cli():
+    """Frozen embeddings from pretrained backbones, cached, compared and classified.
+
+    \b
+    Start here:
+      embedkit datasets export digits-target ./digits
+      embedkit extract ./digits -o digits.parquet
+    """
+
+
+@cli.command()
+@click.option("--modality", type=click.Choice(["image", "text"]), default=None)
+@click.option("--available", is_flag=True, help="Only backbones whose weights are here now.")
+@json_option
+def models(modality, available, as_json):
+    """List registered backbones: family, default layer, dim, weights and offline availability.
+
+    \b
+    Example: embedkit models --modality image --available
+    """
+    from embedkit.registry import broken_plugins, create_backbone, list_models
+
+    rows = []
+    for name, family in list_models(modality):
+        try:
+            row = create_backbone(name).describe()
+        except Exception as exc:  # one bad backbone never breaks the listing
+            row = {"name": name, "modality": family.modality, "family": family.name,
+                   "error": f"{type(exc).__name__}: {exc}"}
+        if not available or row.get("offline"):
+            rows.append(row)
+    for b in broken_plugins():
+        rows.append({"name": f"<plugin {b.plugin.name}>", "family": b.plugin.package,
+                     "error": b.error})
+    if as_json:
+        return emit_json(rows)
+    click.echo(table(rows, ["name", "modality", "family", "layer", "dim", "offline", "weights"]))
+    for r in rows:
+        if r.get("error"):
+            click.echo(f"! {r['name']}: {r['error']}", err=True)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None)
+@json_option
+def layers(model, weights, as_json):
+    """List the layers of MODEL that can be extracted, with output shapes (default first).
+
+    \b
+    Example: embedkit layers efficientnet_lite0
+    """
+    from embedkit.registry import create_backbone
+
+    backbone = create_backbone(model, weights=weights)
+    info = getattr(backbone, "layer_info", None)
+    rows = []
+    for i, name in enumerate(backbone.layers()):
+        shape = info()[name].shape if info else (backbone.dim,)
+        rows.append({"layer": name, "output": "x".join(map(str, shape)),
+                     "default": i == 0,
+                     "pooling": "none (vector)" if len(shape) == 1 else "avg|max|gem|flatten"})
+    if as_json:
+        return emit_json(rows)
+    click.echo(table(rows))
+
+
+@cli.group(cls=EmbedkitGroup)
+def datasets():
+    """Bundled sample datasets (offline)."""
+
+
+@datasets.command("list")
+@json_option
+def datasets_list(as_json):
+    """List bundled sample datasets."""
+    from embedkit import samples
+
+    rows = samples.describe()
+    click.echo(table(rows)) if not as_json else emit_json(rows)
+
+
+@datasets.command("export")
+@click.argument("name")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--per-class", type=int, default=None, help="At most N items per class.")
+def datasets_export(name, folder, per_class):
+    """Write bundled dataset NAME into FOLDER (class subfolders = labels).
+
+    \b
+    Example: embedkit datasets export digits-target ./digits-target --per-class 20
+    """
+    from embedkit import samples
+
+    path = samples.export(name, folder, per_class=per_class, overwrite=True)
+    n = sum(1 for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    click.echo(f"wrote {n} items to {path}")
+
+
+@cli.command()
+@click.argument("dataset")
+@model_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Save the EmbeddingSet (.parquet; .npy / .csv export vectors).")
+@click.option("--label", default=None, help="Primary label column of a manifest.")
+@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
+@click.option("--workers", type=int, default=None, help="DataLoader workers (default: up to 4).")
+@click.option("--strict", is_flag=True, help="Fail on the first bad item instead of skipping it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@cache_option
+@json_option
+def extract(dataset, model, layer, pool, normalize, weights, output, label, batch_size, device,
+            precision, workers, strict, quiet, cache, as_json):
+    """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
+
+    \b
+    Example: embedkit extract ./digits --model efficientnet_lite0 -o digits.parquet
+    """
+    import embedkit
+
+    result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
+                              weights=weights, cache=cache, batch_size=batch_size, device=device,
+                              precision=precision, workers=workers,
+                              progress=False if quiet else None, strict=strict, label=label)
+    if output:
+        result.save(output)
+    summary = result.summary
+    if as_json:
+        return emit_json({**summary.as_dict(), "output": output, "dim": result.dim,
+                          "model": result.meta["model"]})
+    click.echo(str(summary), err=not output and False)
+    if output:
+        click.echo(f"saved {len(result)} x {result.dim} ({result.meta['model']}, layer "
+                   f"{result.meta['layer']}) to {output}")
+
+
+@cli.group(cls=EmbedkitGroup)
+def cache():
+    """Inspect and maintain the embedding cache."""
+
+
+@cache.command("info")
+@cache_option
+@json_option
+def cache_info(cache, as_json):
+    """Where the cache is, its size, and vectors per model."""
+    from dataclasses import asdict
+
+    from embedkit.store import Store
+
+    info = Store(cache).info()
+    if as_json:
+        return emit_json(asdict(info))
+    click.echo(f"{info.root}: {info.vectors} vectors in {info.shards} shards, "
+               f"{info.bytes / 1e6:.1f} MB")
+    if info.models:
+        click.echo(table(info.models, ["name", "layer", "pool", "dim", "vectors", "shards",
+                                       "fingerprint"]))
+
+
+@cache.command("verify")
+@click.option("--repair", is_flag=True, help="Move damaged shards aside and rebuild the index.")
+@cache_option
+def cache_verify(repair, cache):
+    """Check every shard against the index; exit 6 if anything is wrong."""
+    from embedkit.errors import StoreError
+    from embedkit.store import Store
+
+    problems = Store(cache).verify(repair=repair)
+    for p in problems:
+        click.echo(f"problem: {p}", err=True)
+    if problems and not repair:
+        raise StoreError(f"{len(problems)} problem(s); run: embedkit cache verify --repair")
+    click.echo("repaired: index rebuilt from the shards" if problems else "ok")
+
+
+@cache.command("compact")
+@cache_option
+def cache_compact(cache):
+    """Merge small shards."""
+    from embedkit.store import Store
+
+    before, after = Store(cache).compact()
+    click.echo(f"{before} shards -> {after}")
+
+
+@cache.command("clear")
+@click.option("--fingerprint", default=None, help="Only this model fingerprint (cache info).")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@cache_option
+def cache_clear(fingerprint, yes, cache):
+    """Delete cached vectors (all, or one model's)."""
+    from embedkit.store import Store
+
+    store = Store(cache)
+    if not yes:
+        click.confirm(f"delete {'all' if not fingerprint else fingerprint} vectors in "
+                      f"{store.root}?", abort=True)
+    click.echo(f"removed {store.clear(fingerprint)} shards")
+
+
+def main():
+    cli(prog_name="embedkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""embedkit: frozen embeddings from pretrained backbones, cached, compared and classified."""
+
+__version__ = "0.1.0"
+
+from .errors import EmbedkitError  # noqa: E402
+from .registry import create_backbone, list_models  # noqa: E402
+from .embeddings import EmbeddingSet, load_embeddings  # noqa: E402
+from .extract import extract  # noqa: E402
+from .store import Store  # noqa: E402

@@ -1,0 +1,448 @@
+"""The Backbone contract, and the shared machinery for torch image backbones.
+
+A backbone turns items into float32 vectors.  `preprocess` runs on the CPU side (in DataLoader
+workers), `embed` on the device side.  Creating one is cheap: weights load on the first `embed`.
+`fingerprint()` hashes everything that changes the output and is the model half of every cache key.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import UsageError, NotFoundError
+
+#: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
+VECTOR_FORMAT_VERSION = 1
+
+POOLINGS = ("avg", "max", "gem", "flatten")
+#: `--pool flatten` refuses layers whose flattened output is larger than this many values.
+FLATTEN_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's weights come from, and whether they can be had offline right now."""
+
+    description: str
+    available: bool
+    path: str | None = None
+    hint: str = ""
+
+
+class Backbone(ABC):
+    """The contract every plugin returns (see DESIGN.md)."""
+
+    name: str
+    modality: str  # "image" | "text"
+    family: str = ""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def layers(self) -> list[str]:
+        """Extractable layer names, the default first."""
+
+    @property
+    @abstractmethod
+    def source(self) -> WeightsSource: ...
+
+    @abstractmethod
+    def fingerprint(self) -> str: ...
+
+    @abstractmethod
+    def preprocess(self, item) -> Any: ...
+
+    @abstractmethod
+    def embed(self, batch) -> np.ndarray: ...
+
+    def collate(self, samples: list) -> Any:
+        """Turn a list of preprocessed samples into one batch for `embed`."""
+        return samples
+
+    def to(self, device: str = "cpu", precision: str = "fp32") -> "Backbone":
+        return self
+
+    def describe(self) -> dict:
+        """One row of `embedkit models`."""
+        src = self.source
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "family": self.family,
+            "layer": getattr(self, "layer", None) or self.layers()[0],
+            "dim": self.dim,
+            "weights": src.description,
+            "offline": src.available,
+        }
+
+
+def fingerprint_of(**parts) -> str:
+    """Stable sha256 over everything that changes a vector, plus the vector format version."""
+    parts = {"format": VECTOR_FORMAT_VERSION, **parts}
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, memoised on (path, size, mtime) for the life of the process."""
+    st = os.stat(path)
+    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Preprocessing carried by a weight set: resize the short side, centre-crop, normalise."""
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest
+
+    @classmethod
+    def from_crop_pct(cls, input_size, crop_pct, mean, std, interpolation="bilinear"):
+        import math
+
+        return cls(int(input_size), int(math.floor(input_size / crop_pct)), tuple(mean),
+                   tuple(std), interpolation)
+
+    def __call__(self, image):
+        """PIL RGB image -> float32 tensor [3, input_size, input_size]."""
+        import torch
+        from PIL import Image
+
+        resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+                    "nearest": Image.NEAREST}[self.interpolation]
+        w, h = image.size
+        scale = self.resize_size / min(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        image = image.resize((nw, nh), resample)
+        left = int(round((nw - self.input_size) / 2.0))
+        top = int(round((nh - self.input_size) / 2.0))
+        image = image.crop((left, top, left + self.input_size, top + self.input_size))
+        arr = np.asarray(image, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the wanted layer has run, so later layers cost nothing."""
+
+
+def pool_features(x, pool: str | None):
+    """Reduce a layer output to one vector per item.
+
+    [n, d] passes through; [n, c, h, w] (conv maps) and [n, tokens, d] (transformer blocks) are
+    pooled over space / tokens with avg, max, GeM (p=3) or flattened.
+    """
+    import torch
+
+    if x.ndim == 2:
+        return x
+    if pool == "flatten":
+        return x.flatten(1)
+    dims = (2, 3) if x.ndim == 4 else (1,)
+    if pool in (None, "avg"):
+        return x.mean(dim=dims)
+    if pool == "max":
+        return x.amax(dim=dims)
+    if pool == "gem":
+        return x.float().clamp(min=1e-6).pow(3).mean(dim=dims).pow(1.0 / 3)
+    raise UsageError(f"unknown pooling '{pool}': choose one of {', '.join(POOLINGS)}")
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    module: str  # dotted module path ("" = the model's output)
+    shape: tuple  # output shape of one item, e.g. (1280,) or (112, 14, 14)
+    hook: str = "output"  # "output" | "input" (pre-logits = input of the classifier)
+
+
+class TorchImageBackbone(Backbone):
+    """A torch classification network used frozen, read at any layer.
+
+    Layers: `pre_logits` (the pooled penultimate features, default), the network's blocks from
+    low-level to high-level (their dotted module paths), and `logits` (class scores over the
+    source classes, used by LEEP / NCE).
+    """
+
+    modality = "image"
+
+    def __init__(self, name: str, *, family: str, build: Callable[[], Any],
+                 load_weights: Callable[[Any], None], weights_id: str, source: WeightsSource,
+                 preprocessing: ImagePreprocess, block_modules: Callable[[Any], list[str]],
+                 classifier_module: Callable[[Any], str], layer: str | None = None,
+                 pool: str | None = None, normalize: bool = False,
+                 class_names: Sequence[str] | None = None):
+        self.name = name
+        self.family = family
+        self._build = build
+        self._load_weights = load_weights
+        self._weights_id = weights_id
+        self._source = source
+        self.preprocessing = preprocessing
+        self._block_modules = block_modules
+        self._classifier_module = classifier_module
+        self.class_names = list(class_names) if class_names else None
+        self.layer = layer or "pre_logits"
+        self.pool = pool
+        self.normalize = normalize
+        self.device = "cpu"
+        self.precision = "fp32"
+        self._model = None
+        self._layer_info: dict[str, LayerInfo] | None = None
+        self._check_layer()
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def source(self) -> WeightsSource:
+        return self._source
+
+    def layer_info(self) -> dict[str, LayerInfo]:
+        """Every extractable layer with its output shape, probed on the meta device (no weights)
+        once per architecture and library version, then remembered in the cache folder."""
+        if self._layer_info is None:
+            self._layer_info = _layer_shape_cache(
+                f"{self.family}/{self.name}/{self.preprocessing.input_size}", self._probe_layers)
+        return self._layer_info
+
+    def layers(self) -> list[str]:
+        names = list(self.layer_info())
+        names.remove("pre_logits")
+        return ["pre_logits", *names]
+
+    def _check_layer(self):
+        info = self.layer_info()
+        if self.layer not in info:
+            import difflib
+
+            close = difflib.get_close_matches(self.layer, list(info), n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise NotFoundError(
+                f"{self.name} has no layer '{self.layer}'.{hint} "
+                f"List them with: embedkit layers {self.name}")
+        if self.pool is not None and self.pool not in POOLINGS:
+            raise UsageError(f"unknown pooling '{self.pool}': choose one of {', '.join(POOLINGS)}")
+        shape = info[self.layer].shape
+        if len(shape) == 1 and self.pool not in (None,):
+            raise UsageError(
+                f"layer '{self.layer}' of {self.name} is already a vector ({shape[0]}-d); "
+                f"--pool applies to block layers (see: embedkit layers {self.name})")
+        if self.pool == "flatten" and int(np.prod(shape)) > FLATTEN_LIMIT:
+            raise UsageError(
+                f"--pool flatten on layer '{self.layer}' of {self.name} would give "
+                f"{int(np.prod(shape)):,} values per item (shape {shape}), over the limit of "
+                f"{FLATTEN_LIMIT:,}; use --pool avg|max|gem or a later layer")
+
+    @property
+    def dim(self) -> int:
+        shape = self.layer_info()[self.layer].shape
+        if len(shape) == 1 or self.pool == "flatten":
+            return int(np.prod(shape))
+        return int(shape[0]) if len(shape) == 3 else int(shape[-1])
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(
+            modality="image", family=self.family, arch=self.name, weights=self._weights_id,
+            layer=self.layer, pool=self._effective_pool(), normalize=self.normalize,
+            preprocess=asdict(self.preprocessing))
+
+    def _effective_pool(self):
+        shape = self.layer_info()[self.layer].shape
+        return "none" if len(shape) == 1 else (self.pool or "avg")
+
+    # -- model ------------------------------------------------------------------------------
+    def _probe_layers(self) -> dict[str, LayerInfo]:
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = self._build()
+            device = "meta"
+        except (NotImplementedError, RuntimeError):  # builders that compute with tensors
+            model, device = self._build(), "cpu"
+        model.eval()
+        classifier = self._classifier_module(model)
+        wanted = [LayerInfo(m, m, ()) for m in self._block_modules(model)]
+        modules = dict(model.named_modules())
+        shapes: dict[str, tuple] = {}
+        handles = []
+        for info in wanted:
+            handles.append(modules[info.module].register_forward_hook(
+                lambda mod, inp, out, key=info.module: shapes.__setitem__(key, tuple(out.shape[1:]))))
+        handles.append(modules[classifier].register_forward_pre_hook(
+            lambda mod, inp: shapes.__setitem__("pre_logits", tuple(inp[0].shape[1:]))))
+        size = self.preprocessing.input_size
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size, device=device))
+        for h in handles:
+            h.remove()
+        layers = {"pre_logits": LayerInfo("pre_logits", classifier, shapes["pre_logits"], "input")}
+        for info in wanted:
+            layers[info.name] = LayerInfo(info.name, info.module, shapes[info.module])
+        layers["logits"] = LayerInfo("logits", "", tuple(out.shape[1:]))
+        return layers
+
+    @property
+    def model(self):
+        if self._model is None:
+            import torch
+
+            model = self._build()
+            self._load_weights(model)
+            model.eval().requires_grad_(False)
+            if self.device != "cpu":
+                model = model.to(self.device)
+                if self.device.startswith("cuda"):
+                    model = model.to(memory_format=torch.channels_last)
+            self._model = model
+        return self._model
+
+    def to(self, device: str = "cpu", precision: str = "fp32") -> "TorchImageBackbone":
+        self.device, self.precision = device, precision
+        if self._model is not None:
+            self._model = self._model.to(device)
+        return self
+
+    def preprocess(self, item):
+        from .inputs import load_image
+
+        return self.preprocessing(load_image(item.path))
+
+    def collate(self, samples):
+        import torch
+
+        return torch.stack(samples)
+
+    def embed(self, batch) -> np.ndarray:
+        import torch
+
+        model = self.model
+        info = self.layer_info()[self.layer]
+        captured = {}
+        handle = None
+        if info.module:
+            module = dict(model.named_modules())[info.module]
+            if info.hook == "input":
+                def hook(mod, inp):
+                    captured["x"] = inp[0]
+                    raise _StopForward
+                handle = module.register_forward_pre_hook(hook)
+            else:
+                def hook(mod, inp, out):
+                    captured["x"] = out
+                    raise _StopForward
+                handle = module.register_forward_hook(hook)
+        x = batch.to(self.device, non_blocking=True)
+        if self.device.startswith("cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        try:
+            with torch.inference_mode(), torch.autocast(
+                    device_type=x.device.type, dtype=dtype or torch.float32,
+                    enabled=dtype is not None):
+                try:
+                    captured["x"] = model(x)
+                except _StopForward:
+                    pass
+                feats = pool_features(captured["x"], self.pool).float()
+                if self.normalize:
+                    feats = torch.nn.functional.normalize(feats, dim=1)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return feats.cpu().numpy().astype(np.float32, copy=False)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_model"] = None  # weights reload lazily in the receiving process
+        return state
+
+
+def _layer_shape_cache(key: str, probe) -> dict[str, LayerInfo]:
+    import torch
+
+    from .store import default_root
+
+    path = default_root() / "layer-shapes.json"
+    key = f"{key}/torch-{torch.__version__}/format-{VECTOR_FORMAT_VERSION}"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return {n: LayerInfo(n, m, tuple(s), h) for n, m, s, h in known[key]}
+    layers = probe()
+    known[key] = [[i.name, i.module, list(i.shape), i.hook] for i in layers.values()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a re-probe next time
+    return layers
+
+
+def last_linear(model) -> str:
+    """Dotted name of the last nn.Linear: the classifier head of torchvision / timm classifiers."""
+    import torch
+
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            name = n
+    if name is None:
+        raise UsageError(f"{type(model).__name__} has no linear classifier head")
+    return name
+
+
+class BackboneFamily:
+    """What an `embedkit.backbones` entry point names: a family of backbones.
+
+    Subclass and set `name` / `modality`; override `models()` (listed names), `handles(name)`
+    (unlisted names it also builds) and `create(name, **options)`.
+    """
+
+    name = ""
+    modality = "image"
+
+    def models(self) -> list[str]:
+        return []
+
+    def handles(self, name: str) -> bool:
+        return False
+
+    def create(self, name: str, **options) -> Backbone:
+        raise NotImplementedError
+
+
+def unknown_options(name: str, options: dict, allowed: Sequence[str]):
+    extra = sorted(set(options) - set(allowed))
+    if extra:
+        raise UsageError(f"{name} does not take option(s) {', '.join(extra)}; "
+                         f"it takes {', '.join(allowed)}")

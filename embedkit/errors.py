@@ -1,0 +1,48 @@
+"""One error hierarchy; each class carries the CLI exit code documented in the README."""
+
+
+class EmbedkitError(Exception):
+    """Base class: the message is one line that says what went wrong and what to do."""
+
+    exit_code = 1
+
+
+class UsageError(EmbedkitError):
+    """A bad option or value (unknown pooling, impossible flatten, wrong file kind)."""
+
+    exit_code = 2
+
+
+class NotFoundError(EmbedkitError):
+    """Unknown model, layer, dataset name, or a path that does not exist."""
+
+    exit_code = 3
+
+
+class WeightsUnavailable(NotFoundError):
+    """The weights of a backbone are not on this machine and cannot be downloaded."""
+
+    exit_code = 4
+
+
+class BadInputError(EmbedkitError):
+    """Input items that cannot be read (under --strict), or a dataset with no usable item."""
+
+    exit_code = 5
+
+
+class StoreError(EmbedkitError):
+    """The cache directory cannot be opened, or fails verification."""
+
+    exit_code = 6
+
+
+class MissingExtra(EmbedkitError):
+    """An optional dependency is not installed; the message gives the pip line that fixes it."""
+
+    exit_code = 7
+
+    def __init__(self, what: str, extra: str, package: str):
+        super().__init__(
+            f"{what} needs the optional package '{package}': pip install 'embedkit[{extra}]'"
+        )

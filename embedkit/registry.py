@@ -1,0 +1,115 @@
+"""Backbone discovery through the `embedkit.backbones` entry-point group.
+
+Each entry point names a *family*: an object with
+- `name` and `modality`,
+- `models()`: the names it lists (cheap: no weights are loaded),
+- `handles(name)`: whether it also builds an unlisted name (``timm/<any>``, a vectors file path),
+- `create(name, **options)`: a Backbone.
+The built-in families in `embedkit.plugins` register exactly as a third-party package would.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass
+from importlib import metadata
+
+from .backbone import Backbone
+from .errors import NotFoundError, EmbedkitError
+
+GROUP = "embedkit.backbones"
+FAMILY_METHODS = ("models", "handles", "create")
+
+
+@dataclass(frozen=True)
+class FoundPlugin:
+    """An entry point seen in package metadata, not yet imported."""
+
+    name: str
+    value: str
+    package: str
+
+
+@dataclass
+class LoadedFamily:
+    """A plugin after import: the family object, or the error that stopped it."""
+
+    plugin: FoundPlugin
+    family: object | None = None
+    error: str | None = None
+
+
+class PluginError(EmbedkitError):
+    exit_code = 3
+
+
+def found_plugins() -> list[FoundPlugin]:
+    """Entry points of the group, deduplicated (one distribution can be seen twice on sys.path)."""
+    seen: dict[str, FoundPlugin] = {}
+    for ep in metadata.entry_points(group=GROUP):
+        package = ep.dist.name if ep.dist is not None else "?"
+        seen.setdefault(ep.name, FoundPlugin(ep.name, ep.value, package))
+    return sorted(seen.values(), key=lambda p: p.name)
+
+
+def _load(plugin: FoundPlugin) -> LoadedFamily:
+    try:
+        family = metadata.EntryPoint(plugin.name, plugin.value, GROUP).load()
+    except Exception as exc:  # a broken plugin is reported, it never breaks the others
+        return LoadedFamily(plugin, error=f"{type(exc).__name__}: {exc}")
+    missing = [m for m in FAMILY_METHODS if not callable(getattr(family, m, None))]
+    if missing:
+        return LoadedFamily(plugin, error=f"does not implement {', '.join(missing)}()")
+    return LoadedFamily(plugin, family)
+
+
+@functools.lru_cache(maxsize=1)
+def families() -> tuple[LoadedFamily, ...]:
+    return tuple(_load(p) for p in found_plugins())
+
+
+def list_models(modality: str | None = None) -> list[tuple[str, object]]:
+    """(name, family) for every listed backbone of the working plugins."""
+    rows = []
+    for lf in families():
+        if lf.family is None:
+            continue
+        if modality and getattr(lf.family, "modality", None) not in (modality, "any"):
+            continue
+        rows.extend((name, lf.family) for name in lf.family.models())
+    return rows
+
+
+def broken_plugins() -> list[LoadedFamily]:
+    return [lf for lf in families() if lf.family is None]
+
+
+def resolve_family(name: str):
+    """The family that builds `name`: listed names first, then families that accept patterns."""
+    for model_name, family in list_models():
+        if model_name == name:
+            return family
+    for lf in families():
+        if lf.family is not None and lf.family.handles(name):
+            return lf.family
+    names = [n for n, _ in list_models()]
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    broken = "".join(f" (plugin '{b.plugin.name}' from {b.plugin.package} failed to load: "
+                     f"{b.error})" for b in broken_plugins())
+    raise NotFoundError(f"unknown model '{name}'.{hint} See all with: embedkit models{broken}")
+
+
+def create_backbone(name: str, **options) -> Backbone:
+    """Build a backbone by name. Options: layer, pool, normalize, weights (a file), ..."""
+    options = {k: v for k, v in options.items() if v is not None}
+    backbone = resolve_family(name).create(name, **options)
+    if not isinstance(backbone, Backbone):
+        raise PluginError(f"the plugin for '{name}' returned {type(backbone).__name__}, "
+                          "not an embedkit Backbone")
+    return backbone
+
+
+def default_model(modality: str) -> str:
+    return {"image": "efficientnet_lite0", "text": "glove-6b-50d"}[modality]

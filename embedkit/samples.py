@@ -1,0 +1,176 @@
+"""Bundled sample datasets, exported as real folders (class subfolders = labels).
+
+Everything here ships inside installed packages, so it works offline:
+- scikit-learn's digits (8x8 greyscale), with the classic transfer split: digits 0-4 as the
+  source task, digits 5-9 as the target task;
+- animal-shape-mnist (10 animal classes x 1000 silhouettes, 28x28), read from its gzip-pickle
+  files through a restricted unpickler that admits only NumPy arrays (its own loader imports
+  TensorFlow and is never used);
+- scikit-image's lfw_subset (100 faces, 100 non-faces, 25x25);
+- further samples registered with `register` (the text side adds its own).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import NotFoundError, UsageError
+
+#: Class order as the animal-shape-mnist package describes it (labels 0..9).
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep",
+                  "zebra"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    modality: str
+    description: str
+    write: Callable[[Path, int | None], int]  # (folder, per-class limit) -> items written
+
+
+_SAMPLES: dict[str, Sample] = {}
+
+
+def register(sample: Sample):
+    _SAMPLES[sample.name] = sample
+
+
+def names() -> list[str]:
+    return sorted(_SAMPLES)
+
+
+def describe() -> list[dict]:
+    return [{"name": s.name, "modality": s.modality, "description": s.description}
+            for s in (_SAMPLES[n] for n in names())]
+
+
+def samples_root() -> Path:
+    from .store import default_root
+
+    return default_root() / "datasets"
+
+
+def export(name: str, folder: str | os.PathLike | None = None, per_class: int | None = None,
+           overwrite: bool = False) -> Path:
+    """Write a bundled sample as a folder; without `folder`, into the cache (once)."""
+    if name not in _SAMPLES:
+        import difflib
+
+        close = difflib.get_close_matches(name, names(), n=3)
+        raise NotFoundError(f"no bundled dataset '{name}'"
+                            + (f"; did you mean {', '.join(close)}?" if close else "")
+                            + f" Available: {', '.join(names())}")
+    if per_class is not None and per_class < 1:
+        raise UsageError(f"--per-class must be at least 1, not {per_class}")
+    target = Path(folder) if folder else samples_root() / (
+        name if per_class is None else f"{name}-{per_class}")
+    done = target / ".embedkit-sample"
+    if done.exists() and not overwrite:
+        return target
+    if target.exists() and any(target.iterdir()) and not done.exists() and folder:
+        raise UsageError(f"{target}: folder exists and is not empty; choose a new folder")
+    tmp = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _SAMPLES[name].write(tmp, per_class)
+    (tmp / ".embedkit-sample").write_text(name + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def write_images(folder: Path, images: np.ndarray, labels, per_class: int | None) -> int:
+    """uint8 [n, h, w] images into folder/<label>/<index>.png, at most per_class each."""
+    from PIL import Image
+
+    counts: dict[str, int] = {}
+    written = 0
+    for i, (img, label) in enumerate(zip(images, labels)):
+        label = str(label)
+        if per_class is not None and counts.get(label, 0) >= per_class:
+            continue
+        counts[label] = counts.get(label, 0) + 1
+        (folder / label).mkdir(exist_ok=True)
+        Image.fromarray(img).save(folder / label / f"{i:05d}.png")
+        written += 1
+    return written
+
+
+def _digits(keep: range):
+    def write(folder: Path, per_class):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        mask = np.isin(d.target, list(keep))
+        images = (d.images[mask] * (255.0 / 16.0)).round().astype(np.uint8)
+        return write_images(folder, images, d.target[mask], per_class)
+
+    return write
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits NumPy arrays and dtypes, nothing else: a bundled pickle cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            if module.startswith("numpy.core"):
+                module = module.replace("numpy.core", "numpy._core")
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays "
+                                     "are allowed in bundled data")
+
+
+def load_numpy_pickle(path: str | os.PathLike) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return NumpyOnlyUnpickler(io.BytesIO(f.read())).load()
+
+
+def animal_shape_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [10000, 28, 28], labels int [10000]) from the installed package's files."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("animal_shape_mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFoundError("the animal-shape sample needs: pip install animal-shape-mnist")
+    root = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal Shape"
+    return (load_numpy_pickle(root / "animal_data_version_3.gz"),
+            load_numpy_pickle(root / "animal_label_version_3.gz"))
+
+
+def _animal_shape(folder: Path, per_class):
+    images, labels = animal_shape_arrays()
+    return write_images(folder, images, [ANIMAL_CLASSES[int(y)] for y in labels], per_class)
+
+
+def _lfw_subset(folder: Path, per_class):
+    from skimage.data import lfw_subset
+
+    images = (lfw_subset() * 255).round().astype(np.uint8)
+    labels = ["face"] * 100 + ["non-face"] * 100
+    return write_images(folder, images, labels, per_class)
+
+
+register(Sample("digits", "image", "scikit-learn digits 0-9, 1,797 8x8 images", _digits(range(10))))
+register(Sample("digits-source", "image", "digits 0-4: the source task of the transfer example",
+                _digits(range(5))))
+register(Sample("digits-target", "image", "digits 5-9: the target task of the transfer example",
+                _digits(range(5, 10))))
+register(Sample("animal-shape", "image",
+                "animal-shape-mnist: 10 animals x 1,000 silhouettes, 28x28", _animal_shape))
+register(Sample("lfw-subset", "image", "scikit-image lfw_subset: 100 faces, 100 non-faces, 25x25",
+                _lfw_subset))

@@ -1,0 +1,134 @@
+"""timm models as `timm/<name>`: weights from `--weights FILE` or timm's local Hugging Face cache."""
+
+from __future__ import annotations
+
+import os
+
+from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
+                               WeightsSource, file_sha256, last_linear, unknown_options)
+from embedkit.errors import NotFoundError, WeightsUnavailable
+
+OPTIONS = ("layer", "pool", "normalize", "weights")
+
+
+def timm_preprocess(cfg: dict) -> ImagePreprocess:
+    """Preprocessing from a timm pretrained config (input size, crop_pct, mean/std, interpolation)."""
+    return ImagePreprocess.from_crop_pct(cfg["input_size"][-1], cfg.get("crop_pct", 0.875),
+                                         cfg["mean"], cfg["std"],
+                                         cfg.get("interpolation", "bilinear"))
+
+
+def timm_blocks(model) -> list[str]:
+    """Stage outputs from timm's own feature_info, plus EfficientNet's final conv map (bn2)."""
+    blocks = [f["module"] for f in getattr(model, "feature_info", [])]
+    modules = dict(model.named_modules())
+    if "blocks" in modules and hasattr(modules["blocks"], "__len__"):
+        stages = [f"blocks.{i}" for i in range(len(modules["blocks"]))]
+        blocks = stages if len(stages) >= len(blocks) else blocks
+    if "conv_head" in modules and "bn2" in modules:
+        blocks.append("bn2")
+    return blocks
+
+
+def timm_classifier(model) -> str:
+    head = model.get_classifier()
+    for name, module in model.named_modules():
+        if module is head:
+            return name
+    return last_linear(model)
+
+
+def timm_backbone(name, arch, *, family, load_weights, weights_id, source, preprocessing=None,
+                  **options) -> TorchImageBackbone:
+    import timm
+
+    def build():
+        return timm.create_model(arch, pretrained=False)
+
+    if preprocessing is None:
+        preprocessing = timm_preprocess(timm.models.get_pretrained_cfg(arch).to_dict())
+    from embedkit.plugins.imagenet import IMAGENET_CLASSES
+
+    return TorchImageBackbone(
+        name, family=family, build=build, load_weights=load_weights, weights_id=weights_id,
+        source=source, preprocessing=preprocessing, block_modules=timm_blocks,
+        classifier_module=timm_classifier, class_names=IMAGENET_CLASSES, **options)
+
+
+def load_state_dict_file(path: str):
+    """Weights from a .safetensors or .pth/.bin file, never unpickling arbitrary objects."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def _hf_cache_file(arch: str) -> str | None:
+    """A timm checkpoint already in the local Hugging Face cache (never downloads)."""
+    import timm
+
+    try:
+        hub_id = timm.models.get_pretrained_cfg(arch).hf_hub_id
+    except Exception:
+        return None
+    if not hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for fname in ("model.safetensors", "pytorch_model.bin"):
+            path = try_to_load_from_cache(hub_id, fname)
+            if isinstance(path, str) and os.path.isfile(path):
+                return path
+    except Exception:
+        return None
+    return None
+
+
+class TimmFamily(BackboneFamily):
+    name = "timm"
+    modality = "image"
+
+    def handles(self, name: str) -> bool:
+        return name.startswith("timm/")
+
+    def create(self, name, weights=None, **options):
+        import timm
+
+        unknown_options(name, {**options, "weights": weights}, OPTIONS)
+        arch = name.split("/", 1)[1]
+        if not timm.is_model(arch):
+            import difflib
+
+            close = difflib.get_close_matches(arch, timm.list_models(), n=4)
+            raise NotFoundError(f"timm has no model '{arch}'"
+                                + (f"; did you mean {', '.join('timm/' + c for c in close)}?"
+                                   if close else ""))
+        path = weights or _hf_cache_file(arch)
+        if path and not os.path.isfile(path):
+            raise WeightsUnavailable(f"{path}: weights file not found")
+        hub = timm.models.get_pretrained_cfg(arch)
+        hub_id = getattr(hub, "hf_hub_id", None) or arch
+        source = WeightsSource(
+            description=f"file {path}" if path else f"Hugging Face hub {hub_id} (not cached)",
+            available=bool(path), path=path,
+            hint=f"download it where online, or pass --weights FILE (.safetensors or .pth) for {arch}")
+
+        def load_weights(model):
+            if not path:
+                raise WeightsUnavailable(f"no weights for {name} on this machine: {source.hint}")
+            model.load_state_dict(load_state_dict_file(path))
+
+        weights_id = f"sha256:{file_sha256(path)}" if path else f"hub:{hub_id}"
+        return timm_backbone(name, arch, family=self.name, load_weights=load_weights,
+                             weights_id=weights_id, source=source, **options)
+
+
+family = TimmFamily()

@@ -1,0 +1,108 @@
+"""torchvision classification models by name (resnet, vgg, efficientnet_b*, mobilenet_v3, ...).
+
+Weights resolve in order: `--weights FILE`, the torch hub cache (torchvision's own file names,
+under `$TORCH_HOME/hub/checkpoints`), then a download where online.  Preprocessing comes from
+torchvision's weights metadata.
+"""
+
+from __future__ import annotations
+
+import os
+
+from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
+                               WeightsSource, file_sha256, last_linear, unknown_options)
+from embedkit.errors import WeightsUnavailable
+
+PREFIXES = ("resnet", "resnext", "wide_resnet", "vgg", "efficientnet_b", "efficientnet_v2",
+            "mobilenet_v3", "densenet", "convnext", "regnet", "vit")
+OPTIONS = ("layer", "pool", "normalize", "weights")
+
+
+def _names() -> list[str]:
+    from torchvision import models
+
+    return sorted(n for n in models.list_models(module=models) if n.startswith(PREFIXES))
+
+
+def hub_cache_file(url: str) -> str:
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
+def torchvision_blocks(model) -> list[str]:
+    """Feature stages from low level to high level, as dotted module paths."""
+    import torch
+
+    if hasattr(model, "features"):
+        children = list(model.features.named_children())
+        if type(model).__name__ == "VGG":  # one stage ends at each max-pool
+            children = [(n, m) for n, m in children if isinstance(m, torch.nn.MaxPool2d)]
+        return [f"features.{n}" for n, _ in children]
+    if hasattr(model, "trunk_output"):  # RegNet
+        return [f"trunk_output.{n}" for n, _ in model.trunk_output.named_children()]
+    if hasattr(model, "layer4"):  # ResNet family
+        return ["layer1", "layer2", "layer3", "layer4"]
+    if hasattr(model, "encoder") and hasattr(model.encoder, "layers"):  # ViT
+        return [f"encoder.layers.{n}" for n, _ in model.encoder.layers.named_children()]
+    return []
+
+
+def _preprocessing(weights) -> ImagePreprocess:
+    t = weights.transforms()
+    return ImagePreprocess(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean),
+                           tuple(t.std), t.interpolation.value)
+
+
+class TorchvisionFamily(BackboneFamily):
+    name = "torchvision"
+    modality = "image"
+
+    def models(self):
+        return _names()
+
+    def create(self, name, weights=None, **options):
+        import torch
+        from torchvision import models
+
+        unknown_options(name, {**options, "weights": weights}, OPTIONS)
+        tv_weights = models.get_model_weights(name).DEFAULT
+        cached = hub_cache_file(tv_weights.url)
+        if weights is not None and not os.path.isfile(weights):
+            raise WeightsUnavailable(f"{weights}: weights file not found")
+        path = weights or (cached if os.path.isfile(cached) else None)
+        source = WeightsSource(
+            description=f"file {path}" if path else f"download {tv_weights.url}",
+            available=bool(path), path=path or cached,
+            hint=(f"offline, put {os.path.basename(cached)} in {os.path.dirname(cached)} "
+                  f"(from {tv_weights.url}) or pass --weights FILE"))
+
+        preprocessing = _preprocessing(tv_weights)
+        # ViT builders fix their input size: build at the size the weights were trained at.
+        size = {"image_size": preprocessing.input_size} if name.startswith("vit") else {}
+
+        def build():
+            return models.get_model(name, weights=None, **size)
+
+        def load_weights(model):
+            if path:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            else:
+                try:
+                    state = torch.hub.load_state_dict_from_url(
+                        tv_weights.url, progress=True, weights_only=True)
+                except OSError as exc:
+                    raise WeightsUnavailable(
+                        f"cannot download the weights of {name} ({exc.__class__.__name__}); "
+                        f"{source.hint}") from None
+            model.load_state_dict(state)
+
+        return TorchImageBackbone(
+            name, family=self.name, build=build, load_weights=load_weights,
+            weights_id=f"sha256:{file_sha256(weights)}" if weights else str(tv_weights),
+            source=source, preprocessing=preprocessing,
+            block_modules=torchvision_blocks, classifier_module=last_linear,
+            class_names=tv_weights.meta.get("categories"), **options)
+
+
+family = TorchvisionFamily()
