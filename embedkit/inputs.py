@@ -155,7 +155,13 @@ def _order_labels(columns: list[str], label: str | None, where) -> list[str]:
     return [label] + [c for c in columns if c != label]
 
 
+MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
+
+
 def _from_folder(root: Path) -> Dataset:
+    for name in MANIFEST_NAMES:  # a folder that carries its own manifest is that manifest
+        if (root / name).is_file():
+            return _from_manifest(root / name, None)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]

@@ -165,6 +165,29 @@ def _lfw_subset(folder: Path, per_class):
     return write_images(folder, images, labels, per_class)
 
 
+def _pang_lee(folder: Path, per_class):
+    """gensim's pang_lee_polarity.cor: 200 movie-review sentences, `__label__pos|neg text`."""
+    import csv
+
+    from gensim.test.utils import datapath
+
+    counts: dict[str, int] = {}
+    with open(datapath("pang_lee_polarity.cor"), encoding="utf-8") as src, \
+            open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as dst:
+        out = csv.writer(dst)
+        out.writerow(["id", "text", "label"])
+        for lineno, line in enumerate(src, 1):
+            tag, _, text = line.strip().partition(" ")
+            label = tag.removeprefix("__label__")
+            if per_class is not None and counts.get(label, 0) >= per_class:
+                continue
+            counts[label] = counts.get(label, 0) + 1
+            out.writerow([lineno, text, label])
+    return sum(counts.values())
+
+
+register(Sample("pang-lee-polarity", "text",
+                "gensim's 200 movie-review sentences labelled pos / neg (manifest.csv)", _pang_lee))
 register(Sample("digits", "image", "scikit-learn digits 0-9, 1,797 8x8 images", _digits(range(10))))
 register(Sample("digits-source", "image", "digits 0-4: the source task of the transfer example",
                 _digits(range(5))))
