@@ -172,7 +172,7 @@ def _pang_lee(folder: Path, per_class):
     from gensim.test.utils import datapath
 
     counts: dict[str, int] = {}
-    with open(datapath("pang_lee_polarity.cor"), encoding="utf-8") as src, \
+    with open(datapath("pang_lee_polarity.cor"), encoding="cp1252", errors="replace") as src, \
             open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as dst:
         out = csv.writer(dst)
         out.writerow(["id", "text", "label"])
