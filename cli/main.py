@@ -214,6 +214,12 @@ def cache_clear(fingerprint, yes, cache):
     click.echo(f"removed {store.clear(fingerprint)} shards")
 
 
+from embedkit.cli import compare_cmds, learn_cmds, text_cmds  # noqa: E402
+
+for _area in (text_cmds, learn_cmds, compare_cmds):
+    _area.register(cli)
+
+
 def main():
     cli(prog_name="embedkit")
 
