@@ -33,6 +33,7 @@ class Summary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
     seconds: float = 0.0
     device: str = "cpu"
+    notes: list[str] = field(default_factory=list)  # backbone reports, e.g. OOV rates
 
     @property
     def throughput(self) -> float:
@@ -42,12 +43,13 @@ class Summary:
         return {"items": self.items, "cache_hits": self.cache_hits, "computed": self.computed,
                 "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
                 "seconds": round(self.seconds, 3), "items_per_s": round(self.throughput, 2),
-                "device": self.device}
+                "device": self.device, "notes": self.notes}
 
     def __str__(self):
         lines = [f"{self.items} items: {self.cache_hits} from cache, {self.computed} computed, "
                  f"{len(self.skipped)} skipped"
                  + (f"; {self.throughput:.1f} items/s on {self.device}" if self.computed else "")]
+        lines += [f"  {note}" for note in self.notes]
         lines += [f"  skipped {i}: {r}" for i, r in self.skipped]
         return "\n".join(lines)
 
@@ -183,6 +185,8 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         raise BadInputError(f"{ds.root}: no item could be embedded ({len(skipped)} skipped); "
                             f"first problem: {skipped[0][1] if skipped else 'empty dataset'}")
     summary.skipped = skipped
+    if callable(getattr(backbone, "report", None)):  # optional: a backbone's own statistics
+        summary.notes.extend(backbone.report())
     summary.seconds = time.perf_counter() - started
     labels = {name: np.asarray([ds.items[i].labels.get(name) for i in rows], dtype=object)
               for name in ds.label_names}
