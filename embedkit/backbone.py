@@ -7,6 +7,7 @@ workers), `embed` on the device side.  Creating one is cheap: weights load on th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -279,13 +280,9 @@ class TorchImageBackbone(Backbone):
     def _probe_layers(self) -> dict[str, LayerInfo]:
         import torch
 
-        try:
-            with torch.device("meta"):
-                model = self._build()
-            device = "meta"
-        except (NotImplementedError, RuntimeError):  # builders that compute with tensors
-            model, device = self._build(), "cpu"
-        model.eval()
+        with _parameters_on_meta():
+            model = self._build()
+        model = model.eval().to("meta")
         classifier = self._classifier_module(model)
         wanted = [LayerInfo(m, m, ()) for m in self._block_modules(model)]
         modules = dict(model.named_modules())
@@ -298,7 +295,7 @@ class TorchImageBackbone(Backbone):
             lambda mod, inp: shapes.__setitem__("pre_logits", tuple(inp[0].shape[1:]))))
         size = self.preprocessing.input_size
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, size, size, device=device))
+            out = model(torch.empty(1, 3, size, size, device="meta"))
         for h in handles:
             h.remove()
         layers = {"pre_logits": LayerInfo("pre_logits", classifier, shapes["pre_logits"], "input")}
@@ -381,6 +378,28 @@ class TorchImageBackbone(Backbone):
         state = self.__dict__.copy()
         state["_model"] = None  # weights reload lazily in the receiving process
         return state
+
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Build a model without allocating or initialising its weights: every parameter moves to
+    the meta device as it registers (unlike `with torch.device("meta")`, builders that compute
+    their widths with tensors, such as RegNet's, still run)."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"),
+                                                          requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
 
 
 def _layer_shape_cache(key: str, probe) -> dict[str, LayerInfo]:

@@ -85,7 +85,7 @@ def load_image(path: str):
                 if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                     arr = np.asarray(im, dtype=np.float64)
                     top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                    arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+                    arr = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
                     im = Image.fromarray(arr, "L")
                 if im.mode in ("P", "PA"):
                     im = im.convert("RGBA")
