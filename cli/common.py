@@ -19,6 +19,9 @@ class EmbedkitGroup(click.Group):
         except EmbedkitError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # disk full, permissions, a file that vanished mid-run
+            click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: everything flushed so far stays in the cache", err=True)
             sys.exit(130)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from dataclasses import dataclass
 from importlib import metadata
 
 from .backbone import Backbone
-from .errors import NotFoundError, EmbedkitError
+from .errors import EmbedkitError, NotFoundError, WeightsUnavailable
 
 GROUP = "embedkit.backbones"
 FAMILY_METHODS = ("models", "handles", "create")
@@ -104,6 +105,10 @@ def resolve_family(name: str):
 def create_backbone(name: str, **options) -> Backbone:
     """Build a backbone by name. Options: layer, pool, normalize, weights (a file), ..."""
     options = {k: v for k, v in options.items() if v is not None}
+    weights = options.get("weights")
+    if weights is not None and not os.path.isfile(weights):
+        raise WeightsUnavailable(f"{weights}: weights file not found (--weights takes an "
+                                 "existing .pth / .safetensors / vectors file)")
     backbone = resolve_family(name).create(name, **options)
     if not isinstance(backbone, Backbone):
         raise PluginError(f"the plugin for '{name}' returned {type(backbone).__name__}, "

@@ -112,8 +112,6 @@ class TimmFamily(BackboneFamily):
                                 + (f"; did you mean {', '.join('timm/' + c for c in close)}?"
                                    if close else ""))
         path = weights or _hf_cache_file(arch)
-        if path and not os.path.isfile(path):
-            raise WeightsUnavailable(f"{path}: weights file not found")
         hub = timm.models.get_pretrained_cfg(arch)
         hub_id = getattr(hub, "hf_hub_id", None) or arch
         source = WeightsSource(

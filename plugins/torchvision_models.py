@@ -68,8 +68,6 @@ class TorchvisionFamily(BackboneFamily):
         unknown_options(name, {**options, "weights": weights}, OPTIONS)
         tv_weights = models.get_model_weights(name).DEFAULT
         cached = hub_cache_file(tv_weights.url)
-        if weights is not None and not os.path.isfile(weights):
-            raise WeightsUnavailable(f"{weights}: weights file not found")
         path = weights or (cached if os.path.isfile(cached) else None)
         source = WeightsSource(
             description=f"file {path}" if path else f"download {tv_weights.url}",

@@ -1,0 +1,78 @@
+"""The CLI as a user meets it: listings, JSON, exit codes, one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from embedkit.cli.main import cli
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(cli, list(args))
+    if ok:
+        assert result.exit_code == 0, result.output + str(result.exception)
+    return result
+
+
+def embedkit_subprocess(*args):
+    return subprocess.run([sys.executable, "-m", "embedkit.cli.main", *args],
+                          capture_output=True, text=True)
+
+
+def test_models_json_lists_the_bundled_backbone_offline():
+    rows = json.loads(run("models", "--json", "--available", "--modality", "image").output)
+    lite0 = next(r for r in rows if r["name"] == "efficientnet_lite0")
+    assert lite0 == {**lite0, "offline": True, "dim": 1280, "layer": "pre_logits",
+                     "family": "efficientnet_lite"}
+    assert all(r["offline"] for r in rows if "error" not in r)
+
+
+def test_layers_lists_default_first_with_shapes():
+    out = run("layers", "efficientnet_lite0", "--json").output
+    rows = json.loads(out)
+    assert rows[0] == {"layer": "pre_logits", "output": "1280", "default": True,
+                       "pooling": "none (vector)"}
+    assert {"layer": "blocks.3", "output": "80x14x14", "default": False,
+            "pooling": "avg|max|gem|flatten"} in rows
+
+
+def test_datasets_list_and_export(tmp_path):
+    assert "animal-shape" in run("datasets", "list").output
+    out = run("datasets", "export", "lfw-subset", str(tmp_path / "lfw"), "--per-class", "3").output
+    assert "wrote 6 items" in out
+    folders = sorted(p.name for p in (tmp_path / "lfw").iterdir() if not p.name.startswith("."))
+    assert folders == ["face", "non-face"]
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["extract", "no/such/folder"], 3, "no such file, folder or bundled dataset"),
+    (["extract", "digits", "--model", "efficientnet_lite9"], 3, "Did you mean"),
+    (["layers", "efficientnet_lite0", "--weights", "/nope.pth"], 4, "/nope.pth"),
+    (["datasets", "export", "digitz", "x"], 3, "did you mean digits"),
+])
+def test_errors_are_one_line_with_documented_exit_codes(args, code, message):
+    proc = embedkit_subprocess(*args)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+def test_extract_then_cache_maintenance(tmp_path, digits_small):
+    cache = str(tmp_path / "cache")
+    out = tmp_path / "d.parquet"
+    first = json.loads(run("extract", str(digits_small), "--cache", cache, "-o", str(out),
+                           "--json", "-q").output)
+    assert first["computed"] == 20 and first["dim"] == 1280 and out.exists()
+    second = json.loads(run("extract", str(digits_small), "--cache", cache, "--json").output)
+    assert second["computed"] == 0 and second["cache_hits"] == 20
+    info = json.loads(run("cache", "info", "--cache", cache, "--json").output)
+    assert info["vectors"] == 20 and info["models"][0]["name"] == "efficientnet_lite0"
+    assert run("cache", "verify", "--cache", cache).output.strip() == "ok"
+    assert "->" in run("cache", "compact", "--cache", cache).output
+    assert "removed" in run("cache", "clear", "--cache", cache, "--yes").output
+    assert json.loads(run("cache", "info", "--cache", cache, "--json").output)["vectors"] == 0

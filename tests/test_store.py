@@ -1,0 +1,173 @@
+"""The content-addressed store: round trips, crash leftovers, rebuild, compaction, concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from embedkit.store import TMP_PREFIX, Store, read_shard
+
+FP = "f" * 32
+
+
+def _vectors(n, dim=8, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+def test_round_trip_and_flush_every_n_rows(store):
+    vecs = _vectors(10)
+    with store.writer(FP, {"name": "m"}, flush_rows=4) as w:
+        for i in range(10):
+            w.add([f"c{i}"], [f"id{i}"], vecs[i:i + 1])
+    assert len(list(store.shard_dir.glob("*.parquet"))) == 3  # 4 + 4 + 2 rows
+    got = store.get_many(FP, [f"c{i}" for i in range(10)] + ["absent"])
+    assert set(got) == {f"c{i}" for i in range(10)}
+    np.testing.assert_array_equal(np.stack([got[f"c{i}"] for i in range(10)]), vecs)
+    assert store.get_many("other-fingerprint", ["c0"]) == {}, "keys include the fingerprint"
+
+
+def test_shards_are_plain_parquet(store):
+    import pyarrow.parquet as pq
+
+    store.publish(FP, ["a", "b"], ["x", "y"], _vectors(2, 5))
+    (path,) = store.shard_dir.glob("*.parquet")
+    table = pq.read_table(path)
+    assert table.column_names == ["content", "id", "vector"]
+    import pyarrow as pa
+
+    vtype = table.schema.field("vector").type
+    assert pa.types.is_fixed_size_list(vtype) and vtype.list_size == 5
+    assert vtype.value_type == pa.float32()
+
+
+def test_stat_cache_rehashes_only_changed_files(store, tmp_path, monkeypatch):
+    import hashlib
+
+    import embedkit.store as store_module
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"f{i}.bin")
+        paths[-1].write_bytes(b"content %d" % i)
+    first = store.file_hashes([str(p) for p in paths])
+    assert first[str(paths[1])] == hashlib.sha256(b"content 1").hexdigest()
+    opened = []
+    real_open = open
+    monkeypatch.setattr(store_module, "open",
+                        lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k),
+                        raising=False)
+    assert store.file_hashes([str(p) for p in paths]) == first
+    assert opened == [], "an unchanged folder is checked with stat, not re-read"
+    paths[2].write_bytes(b"changed, longer")
+    assert store.file_hashes([str(p) for p in paths])[str(paths[2])] == \
+        hashlib.sha256(b"changed, longer").hexdigest()
+    assert opened == [str(paths[2])]
+
+
+def test_stat_cache_notices_changes(store, tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"one")
+    store.file_hashes([str(path)])
+    path.write_bytes(b"two!")
+    os.utime(path, ns=(1, 1))
+    import hashlib
+
+    assert store.file_hashes([str(path)])[str(path)] == hashlib.sha256(b"two!").hexdigest()
+    missing = store.file_hashes([str(tmp_path / "gone.bin")])
+    assert isinstance(missing[str(tmp_path / "gone.bin")], OSError)
+
+
+def test_crash_leftovers_are_cleaned_and_unindexed_shards_absorbed(tmp_path):
+    root = tmp_path / "s"
+    with Store(root) as s:
+        s.publish(FP, ["a"], ["a"], _vectors(1))
+    dead_tmp = root / "shards" / f"{TMP_PREFIX}999999999-abc.parquet"
+    dead_tmp.write_bytes(b"half a shard")
+    # A shard renamed into place whose index insert never happened (crash in between):
+    from embedkit.store import write_shard
+
+    write_shard(root / "shards" / f"{FP[:16]}-orphan.parquet", FP, ["b"], ["b"], _vectors(1, seed=3))
+    with Store(root) as s:
+        assert not dead_tmp.exists()
+        assert set(s.get_many(FP, ["a", "b"])) == {"a", "b"}
+        assert s.verify() == []
+
+
+def test_index_rebuilds_from_shards_alone(tmp_path):
+    root = tmp_path / "s"
+    with Store(root) as s:
+        s.publish(FP, ["a", "b"], ["a", "b"], _vectors(2))
+        s.publish(FP, ["c"], ["c"], _vectors(1, seed=1))
+        before = s.get_many(FP, ["a", "b", "c"])
+    os.remove(root / "index.sqlite")
+    for extra in ("index.sqlite-wal", "index.sqlite-shm"):
+        if (root / extra).exists():
+            os.remove(root / extra)
+    with Store(root) as s:
+        after = s.get_many(FP, ["a", "b", "c"])
+        assert s.verify() == []
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_verify_finds_damage_and_repair_recovers(tmp_path):
+    root = tmp_path / "s"
+    with Store(root) as s:
+        good = s.publish(FP, ["a"], ["a"], _vectors(1))
+        bad = s.publish(FP, ["b"], ["b"], _vectors(1, seed=2))
+        (s.shard_dir / bad).write_bytes(b"corrupted")
+        problems = s.verify()
+        assert any(bad in p and "unreadable" in p for p in problems)
+        s.verify(repair=True)
+        assert s.verify() == []
+        assert set(s.get_many(FP, ["a", "b"])) == {"a"}, "the damaged row is a miss, recomputed"
+        assert (s.shard_dir / good).exists() and (s.shard_dir / "damaged" / bad).exists()
+
+
+def test_compact_merges_without_changing_any_vector(store):
+    vecs = _vectors(9)
+    for i in range(9):
+        store.publish(FP, [f"c{i}"], [f"id{i}"], vecs[i:i + 1])
+    store.publish(FP, ["c0"], ["dup"], _vectors(1, seed=9))  # a duplicate row, not indexed
+    assert store.compact() == (10, 1)
+    got = store.get_many(FP, [f"c{i}" for i in range(9)])
+    np.testing.assert_array_equal(np.stack([got[f"c{i}"] for i in range(9)]), vecs)
+    assert store.verify() == []
+    (only,) = store.shard_dir.glob("*.parquet")
+    assert len(read_shard(only)[0]) == 9
+
+
+def test_clear_one_fingerprint_or_all(store):
+    store.publish(FP, ["a"], ["a"], _vectors(1))
+    store.publish("g" * 32, ["a"], ["a"], _vectors(1))
+    assert store.clear(FP) == 1
+    assert store.get_many(FP, ["a"]) == {} and store.get_many("g" * 32, ["a"])
+    store.clear()
+    assert store.info().vectors == 0 and not list(store.shard_dir.glob("*.parquet"))
+
+
+WRITER = """
+import sys, numpy as np
+from embedkit.store import Store
+root, tag = sys.argv[1], sys.argv[2]
+s = Store(root)
+with s.writer("f" * 32, flush_rows=5) as w:
+    for i in range(40):
+        w.add([f"{tag}{i}"], [str(i)], np.full((1, 4), i, np.float32))
+"""
+
+
+def test_concurrent_writers_never_corrupt(tmp_path):
+    root = tmp_path / "s"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), tag])
+             for tag in ("a", "b", "c")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    with Store(root) as s:
+        assert s.verify() == []
+        keys = [f"{t}{i}" for t in "abc" for i in range(40)]
+        got = s.get_many(FP, keys)
+        assert len(got) == 120 and got["b17"].tolist() == [17.0] * 4
