@@ -35,12 +35,13 @@ def models(modality, available, as_json):
     rows = []
     for name, family in list_models(modality):
         try:
-            row = create_backbone(name).describe()
+            backbone = create_backbone(name)
+            if available and not backbone.source.available:
+                continue
+            rows.append(backbone.describe())
         except Exception as exc:  # one bad backbone never breaks the listing
-            row = {"name": name, "modality": family.modality, "family": family.name,
-                   "error": f"{type(exc).__name__}: {exc}"}
-        if not available or row.get("offline"):
-            rows.append(row)
+            rows.append({"name": name, "modality": family.modality, "family": family.name,
+                         "error": f"{type(exc).__name__}: {exc}"})
     for b in broken_plugins():
         rows.append({"name": f"<plugin {b.plugin.name}>", "family": b.plugin.package,
                      "error": b.error})

@@ -198,7 +198,7 @@ class TorchImageBackbone(Backbone):
                  preprocessing: ImagePreprocess, block_modules: Callable[[Any], list[str]],
                  classifier_module: Callable[[Any], str], layer: str | None = None,
                  pool: str | None = None, normalize: bool = False,
-                 class_names: Sequence[str] | None = None):
+                 class_names: Callable[[], Sequence[str]] | None = None):
         self.name = name
         self.family = family
         self._build = build
@@ -208,7 +208,7 @@ class TorchImageBackbone(Backbone):
         self.preprocessing = preprocessing
         self._block_modules = block_modules
         self._classifier_module = classifier_module
-        self.class_names = list(class_names) if class_names else None
+        self._class_names = class_names
         self.layer = layer or "pre_logits"
         self.pool = pool
         self.normalize = normalize
@@ -216,9 +216,15 @@ class TorchImageBackbone(Backbone):
         self.precision = "fp32"
         self._model = None
         self._layer_info: dict[str, LayerInfo] | None = None
-        self._check_layer()
+        if self.layer != "pre_logits" or pool is not None:  # the default needs no probe
+            self._check_layer()
 
     # -- description ------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the source classes behind the `logits` layer (ImageNet for most)."""
+        return list(self._class_names()) if self._class_names else None
+
     @property
     def source(self) -> WeightsSource:
         return self._source
@@ -454,6 +460,8 @@ class BackboneFamily:
         return []
 
     def handles(self, name: str) -> bool:
+        """Cheap test of whether this family builds `name` (no heavy imports); the registry asks
+        every family this before it falls back to the full `models()` listings."""
         return False
 
     def create(self, name: str, **options) -> Backbone:

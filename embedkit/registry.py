@@ -3,7 +3,8 @@
 Each entry point names a *family*: an object with
 - `name` and `modality`,
 - `models()`: the names it lists (cheap: no weights are loaded),
-- `handles(name)`: whether it also builds an unlisted name (``timm/<any>``, a vectors file path),
+- `handles(name)`: a cheap test (no heavy imports) of whether it builds `name`, listed or not
+  (``timm/<any>``, a vectors file path),
 - `create(name, **options)`: a Backbone.
 The built-in families in `embedkit.plugins` register exactly as a third-party package would.
 """
@@ -87,13 +88,15 @@ def broken_plugins() -> list[LoadedFamily]:
 
 
 def resolve_family(name: str):
-    """The family that builds `name`: listed names first, then families that accept patterns."""
+    """The family that builds `name`: first the cheap `handles(name)` of every family (no heavy
+    imports), then the full listings."""
+    working = [lf.family for lf in families() if lf.family is not None]
+    for family in working:
+        if family.handles(name):
+            return family
     for model_name, family in list_models():
         if model_name == name:
             return family
-    for lf in families():
-        if lf.family is not None and lf.family.handles(name):
-            return lf.family
     names = [n for n, _ in list_models()]
     close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""

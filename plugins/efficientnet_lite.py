@@ -61,6 +61,9 @@ class EfficientNetLiteFamily(BackboneFamily):
     def models(self):
         return list(VARIANTS)
 
+    def handles(self, name):
+        return name in VARIANTS
+
     def create(self, name, weights=None, **options):
         unknown_options(name, {**options, "weights": weights}, OPTIONS)
         path = weights or weights_path(name)

@@ -40,19 +40,21 @@ def timm_classifier(model) -> str:
 
 def timm_backbone(name, arch, *, family, load_weights, weights_id, source, preprocessing=None,
                   **options) -> TorchImageBackbone:
-    import timm
-
     def build():
+        import timm  # imported only when a model is really built: a cached run never needs it
+
         return timm.create_model(arch, pretrained=False)
 
     if preprocessing is None:
+        import timm
+
         preprocessing = timm_preprocess(timm.models.get_pretrained_cfg(arch).to_dict())
-    from embedkit.plugins.imagenet import IMAGENET_CLASSES
+    from embedkit.plugins.imagenet import imagenet_classes
 
     return TorchImageBackbone(
         name, family=family, build=build, load_weights=load_weights, weights_id=weights_id,
         source=source, preprocessing=preprocessing, block_modules=timm_blocks,
-        classifier_module=timm_classifier, class_names=IMAGENET_CLASSES, **options)
+        classifier_module=timm_classifier, class_names=imagenet_classes, **options)
 
 
 def load_state_dict_file(path: str):

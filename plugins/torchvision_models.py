@@ -61,6 +61,9 @@ class TorchvisionFamily(BackboneFamily):
     def models(self):
         return _names()
 
+    def handles(self, name):
+        return name.startswith(PREFIXES) and name in _names()
+
     def create(self, name, weights=None, **options):
         import torch
         from torchvision import models
@@ -100,7 +103,7 @@ class TorchvisionFamily(BackboneFamily):
             weights_id=f"sha256:{file_sha256(weights)}" if weights else str(tv_weights),
             source=source, preprocessing=preprocessing,
             block_modules=torchvision_blocks, classifier_module=last_linear,
-            class_names=tv_weights.meta.get("categories"), **options)
+            class_names=lambda: tv_weights.meta.get("categories"), **options)
 
 
 family = TorchvisionFamily()
