@@ -1,5 +1,275 @@
-"""Commands of this area; `register(cli)` adds them to the main group."""
+"""Comparison commands: dataset similarity, source and model ranking, transfer advice.
+
+Every dataset argument is a saved EmbeddingSet (.parquet) or a dataset (folder, manifest,
+bundled sample name) embedded through the cache by the probe --model. The logic lives in
+embedkit.similarity, embedkit.transfer and embedkit.advice; these commands parse and print.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import click
+
+from embedkit.cli.common import cache_option, emit_json, json_option, table
+
+csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+probe_option = click.option("--model", "-m", default=None,
+                            help="Probe backbone that embeds every dataset (default: the "
+                                 "modality's default, efficientnet_lite0 for images).")
+layer_option = click.option("--layer", default=None, help="Layer of the probe (default its own).")
+
+
+def _log(message: str):
+    click.echo(message, err=True)
+
+
+def _name(spec: str, taken: set) -> str:
+    base = Path(str(spec).rstrip("/")).name or str(spec)
+    base = base.removesuffix(".parquet")
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}#{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _embed_all(specs, model, layer, cache) -> dict:
+    """{display name: EmbeddingSet} for saved sets or datasets embedded by the probe."""
+    from embedkit.extract import embeddings_of
+
+    sets, taken = {}, set()
+    for spec in specs:
+        name = _name(spec, taken)
+        _log(f"embedding {name}" + (f" with {model}" if model else ""))
+        sets[name] = embeddings_of(spec, model, layer=layer, cache=cache)
+    return sets
+
+
+def _metrics_option(choices, default, help_text):
+    return click.option("--metric", "metrics", multiple=True, default=[default],
+                        show_default=True, type=click.Choice([*choices, "all"]),
+                        help=help_text)
+
+
+def _plain(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _emit_csv(rows: list[dict], columns: list[str]):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _plain(v) for k, v in row.items()} for row in rows)
+    click.echo(out.getvalue(), nl=False)
+
+
+def _heatmap_path(path: str, metric: str, several: bool) -> Path:
+    p = Path(path)
+    return p.with_name(f"{p.stem}-{metric}{p.suffix or '.png'}") if several else p
+
+
+# -- similarity --------------------------------------------------------------------------------
+def similarity_command(cli):
+    from embedkit.similarity import MEASURES
+
+    @cli.command("similarity")
+    @click.argument("datasets", nargs=-1, required=True)
+    @probe_option
+    @layer_option
+    @_metrics_option(list(MEASURES), "cosine-mean",
+                     "Measure (repeatable, or all): cosine-mean (seed method), emd (Cui et al. "
+                     "2018), frechet, mmd (unbiased MMD^2), cka (same items, two models).")
+    @click.option("--gamma", type=float, default=None, help="EMD similarity exp(-gamma EMD) "
+                  "(default 0.01, as in Cui et al.).")
+    @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
+                  help="Save the matrix as a PNG (one file per metric: NAME-METRIC.png).")
+    @cache_option
+    @json_option
+    @csv_option
+    def similarity(datasets, model, layer, metrics, gamma, heatmap, cache, as_json, as_csv):
+        """Label-free similarity between datasets A B [C ...]: a matrix per metric.
+
+        \b
+        Example:
+          embedkit similarity digits-target ./digits-source ./animals --model efficientnet_lite0 \\
+              --metric cosine-mean --metric emd --heatmap similarity.png
+        """
+        from embedkit.plots import heatmap as draw
+        from embedkit.similarity import metric_names, similarity_matrix
+
+        names = metric_names(metrics)
+        if len(datasets) < 2 and not any(MEASURES[n].paired for n in names):
+            raise click.UsageError("give at least two datasets to compare")
+        sets = _embed_all(datasets, model, layer, cache)
+        options = {"gamma": gamma} if gamma is not None else {}
+        results = [similarity_matrix(sets, n, **options) for n in names]
+        if heatmap:  # bright = similar for every metric
+            for r in results:
+                path = draw(r.values, r.names, r.names,
+                            _heatmap_path(heatmap, r.metric, len(results) > 1), title=r.metric,
+                            fmt=".3g", cmap="viridis" if r.higher_is_more_similar else "viridis_r")
+                _log(f"saved {path}")
+        if as_json:
+            return emit_json([r.as_dict() for r in results])
+        if as_csv:
+            rows = [{"metric": r.metric, **row} for r in results for row in r.rows()]
+            return _emit_csv(rows, ["metric", "dataset", *results[0].names])
+        for r in results:
+            order = "higher = more similar" if r.higher_is_more_similar else \
+                "lower = more similar"
+            click.echo(f"\n{r.metric} ({order})")
+            click.echo(table(r.rows(), ["dataset", *r.names]))
+            for note in r.notes:
+                click.echo(f"  note: {note}")
+
+
+# -- rank-sources ------------------------------------------------------------------------------
+def rank_sources_command(cli):
+    from embedkit.similarity import MEASURES
+
+    @cli.command("rank-sources")
+    @click.argument("target")
+    @click.argument("more", nargs=-1)
+    @click.option("--sources", "-s", multiple=True, help="Candidate source datasets (saved sets "
+                  "or datasets); values after the first may follow without repeating --sources.")
+    @probe_option
+    @layer_option
+    @_metrics_option([n for n, m in MEASURES.items() if not m.paired], "cosine-mean",
+                     "Similarity measure(s); the first one orders the ranking.")
+    @click.option("--gamma", type=float, default=None, help="EMD gamma (default 0.01).")
+    @cache_option
+    @json_option
+    @csv_option
+    def rank_sources(target, more, sources, model, layer, metrics, gamma, cache, as_json,
+                     as_csv):
+        """Rank candidate source datasets by their similarity to TARGET, most similar first.
+
+        Each source stands for the model one would train on it: the closer it is to the
+        target, the better the transfer is expected to be.
+
+        \b
+        Example:
+          embedkit rank-sources ./digits-target --sources ./digits-source ./animals ./faces \\
+              --model efficientnet_lite0 --metric cosine-mean --metric emd
+        """
+        from embedkit.similarity import metric_names, rank_sources as rank
+
+        candidates = [*sources, *more]
+        if not candidates:
+            raise click.UsageError("name the candidate sources: --sources S1 S2 ...")
+        names = [n for n in metric_names(metrics) if not MEASURES[n].paired]
+        sets = _embed_all([target, *candidates], model, layer, cache)
+        target_name, *source_names = list(sets)
+        options = {"gamma": gamma} if gamma is not None else {}
+        rows = rank(sets[target_name], {n: sets[n] for n in source_names}, names, **options)
+        columns = ["rank", "source", *names]
+        if as_json:
+            return emit_json({"target": target_name, "metrics": names,
+                              "higher_is_more_similar": {n: MEASURES[n].higher_is_more_similar
+                                                         for n in names},
+                              "ranking": [{k: _plain(v) for k, v in r.items()} for r in rows]})
+        if as_csv:
+            return _emit_csv(rows, columns)
+        click.echo(table(rows, columns))
+        best = rows[0]
+        order = "higher" if MEASURES[names[0]].higher_is_more_similar else "lower"
+        click.echo(f"\npick {best['source']}: its {names[0]} to {target_name} is "
+                   f"{best[names[0]]:.4g} ({order} = more similar), the closest of "
+                   f"{len(rows)} candidates")
+
+
+# -- rank-models -------------------------------------------------------------------------------
+def rank_models_command(cli):
+    from embedkit.transfer import DEFAULT_SCORE, SCORES
+
+    @cli.command("rank-models")
+    @click.argument("target")
+    @click.argument("more", nargs=-1)
+    @click.option("--models", "models", multiple=True,
+                  help="Candidates: MODEL, MODEL@LAYER or a saved .parquet set; values after "
+                       "the first may follow without repeating --models.")
+    @click.option("--layers", default=None,
+                  help="Comma-separated layers to try for every bare MODEL, e.g. "
+                       "blocks.4,blocks.5,pre_logits.")
+    @_metrics_option(list(SCORES), DEFAULT_SCORE,
+                     "Transferability score(s); the first orders the ranking. leep/nce need "
+                     "the model's classifier head (logits).")
+    @click.option("--validate", is_flag=True,
+                  help="Also measure each candidate's 5-fold CV linear-probe accuracy and "
+                       "report Kendall's tau / weighted tau of every score against it.")
+    @cache_option
+    @json_option
+    @csv_option
+    def rank_models(target, more, models, layers, metrics, validate, cache, as_json, as_csv):
+        """Rank pretrained models (and layers) for the labelled TARGET, best first.
+
+        \b
+        Example:
+          embedkit rank-models ./digits-target --models efficientnet_lite0 efficientnet_lite2 \\
+              --layers blocks.4,pre_logits --metric logme --metric holdout-probe --validate
+        """
+        from embedkit.transfer import rank_models as rank, score_names
+
+        candidates = [*models, *more]
+        if not candidates:
+            raise click.UsageError("name the candidates: --models M1 M2@LAYER ...")
+        names = score_names(list(metrics))
+        ranking = rank(target, candidates, names, validate=validate,
+                       layers=[l.strip() for l in layers.split(",")] if layers else None,
+                       cache=cache, log=_log)
+        columns = ["rank", "candidate", "dim", *names, *(["accuracy"] if validate else [])]
+        if as_json:
+            return emit_json(ranking.as_dict())
+        if as_csv:
+            return _emit_csv(ranking.rows, columns)
+        click.echo(table(ranking.rows, columns))
+        if validate:
+            click.echo("\nscore vs measured accuracy (5-fold CV linear probe):")
+            click.echo(table(ranking.validation, ["metric", "candidates", "kendall_tau",
+                                                  "p_value", "weighted_tau"]))
+        for note in ranking.notes:
+            click.echo(f"note: {note}")
+
+
+# -- advise ------------------------------------------------------------------------------------
+def advise_command(cli):
+    from embedkit.advice import SIMILAR_ABOVE, SMALL_BELOW_PER_CLASS
+
+    @cli.command("advise")
+    @click.argument("target")
+    @click.option("--source", "-s", required=True,
+                  help="A sample of the data the pretrained model learnt from (or a stand-in).")
+    @probe_option
+    @layer_option
+    @click.option("--small-below", type=int, default=SMALL_BELOW_PER_CLASS, show_default=True,
+                  help="Items per class under which the target counts as small.")
+    @click.option("--similar-above", type=float, default=SIMILAR_ABOVE, show_default=True,
+                  help="cosine-mean similarity from which the source counts as similar.")
+    @cache_option
+    @json_option
+    def advise(target, source, model, layer, small_below, similar_above, cache, as_json):
+        """How to transfer to TARGET: the rule of thumb on measured size and similarity.
+
+        \b
+        Example:
+          embedkit advise ./digits-target --source ./digits-source --model efficientnet_lite0
+        """
+        from embedkit.advice import advise as apply_rule
+
+        advice = apply_rule(target, source, model=model, layer=layer, small_below=small_below,
+                            similar_above=similar_above, cache=cache)
+        if as_json:
+            return emit_json(advice.as_dict())
+        click.echo("\n".join(advice.lines()))
 
 
 def register(cli):
-    pass
+    similarity_command(cli)
+    rank_sources_command(cli)
+    rank_models_command(cli)
+    advise_command(cli)
+

@@ -1,0 +1,75 @@
+"""The rule of thumb: each quadrant, the stated measurements, and one real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from embedkit.advice import SIMILAR_ABOVE, advise, lower_layer
+from embedkit.embeddings import EmbeddingSet
+
+
+def make_set(direction, n, classes=2, name="set", seed=0):
+    rng = np.random.default_rng(seed)
+    vectors = np.abs(rng.normal(0, 0.05, (n, 4)) + np.asarray(direction, float))
+    labels = np.array([f"c{i % classes}" for i in range(n)], dtype=object)
+    return EmbeddingSet([f"{name}/{i}" for i in range(n)], vectors, {"label": labels},
+                        {"model": "efficientnet_lite0", "layer": "pre_logits",
+                         "fingerprint": "lite0-pre", "dataset": f"/data/{name}"})
+
+
+SOURCE = make_set([1, 1, 0, 0], 30, name="source")
+NEAR = [1, 0.9, 0.1, 0]  # cosine with the source mean ~0.99
+FAR = [0, 0.1, 1, 1]  # cosine ~0.07
+
+
+@pytest.mark.parametrize("n,direction,small,similar,strategy,flags", [
+    (20, NEAR, True, True, "linear classifier on the top-layer", "--classifier logreg"),
+    (20, FAR, True, False, "SVM on lower-layer", "--layer blocks.4 --classifier svm-rbf"),
+    (60, NEAR, False, True, "fine-tune many layers", "--classifier logreg"),
+    (60, FAR, False, False, "from scratch", "--layer blocks.4 --classifier svm-rbf"),
+])
+def test_each_quadrant_of_the_rule(n, direction, small, similar, strategy, flags):
+    target = make_set(direction, n, name="target", seed=1)
+    advice = advise(target, SOURCE, small_below=25)  # 10 vs 30 items per class
+    assert (advice.small, advice.similar) == (small, similar)
+    assert strategy in advice.strategy
+    assert advice.command == f"embedkit train /data/target --model efficientnet_lite0 {flags}"
+    assert advice.items == n and advice.classes == 2 and advice.items_per_class == n / 2
+    expected = float(target.vectors.astype(float).mean(0) @ SOURCE.vectors.astype(float).mean(0)
+                     / np.linalg.norm(target.vectors.astype(float).mean(0))
+                     / np.linalg.norm(SOURCE.vectors.astype(float).mean(0)))
+    assert advice.similarity == pytest.approx(expected)
+    text = "\n".join(advice.lines())
+    assert "small below 25 per class" in text and f"similar from {SIMILAR_ABOVE}" in text
+    if not small:
+        assert "outside embedkit" in text
+
+
+def test_thresholds_can_be_moved():
+    target = make_set(NEAR, 20, name="target")
+    assert advise(target, SOURCE, similar_above=0.999).similar is False
+    assert advise(target, SOURCE, small_below=5).small is False
+
+
+def test_lower_layer_is_a_middle_block():
+    assert lower_layer("efficientnet_lite0") == "blocks.4"
+
+
+def test_advise_on_real_digits(digits_small, tmp_path):
+    """Digits 5-9 against digits 0-4 through EfficientNet-Lite0: similar, small -> freeze."""
+    from click.testing import CliRunner
+
+    from embedkit import samples
+    from embedkit.cli.main import cli
+
+    source = samples.export("digits-source", tmp_path / "source", per_class=4)
+    result = CliRunner().invoke(cli, ["advise", str(digits_small), "--source", str(source),
+                                      "--model", "efficientnet_lite0", "--json"])
+    assert result.exit_code == 0, result.output
+    advice = json.loads(result.stdout)
+    assert advice["similarity"] > SIMILAR_ABOVE and advice["similar"]
+    assert advice["small"] and advice["items_per_class"] == 4
+    assert advice["command"].endswith("--model efficientnet_lite0 --classifier logreg")
