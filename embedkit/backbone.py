@@ -276,7 +276,9 @@ class TorchImageBackbone(Backbone):
         return fingerprint_of(
             modality="image", family=self.family, arch=self.name, weights=self._weights_id,
             layer=self.layer, pool=self._effective_pool(), normalize=self.normalize,
-            preprocess=asdict(self.preprocessing))
+            preprocess=asdict(self.preprocessing),
+            # reduced precision changes the vectors; fp32 keeps the key it always had
+            **({"precision": self.precision} if self.precision != "fp32" else {}))
 
     def _effective_pool(self):
         shape = self.layer_info()[self.layer].shape

@@ -155,3 +155,11 @@ def test_preprocess_runs_on_items(digits_small, lite0):
     x = lite0.preprocess(Item("a", path=str(path)))
     assert tuple(x.shape) == (3, 224, 224) and x.dtype == torch.float32
     assert -1.0 - 1e-6 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6
+
+
+def test_reduced_precision_is_part_of_the_fingerprint():
+    fp32 = create_backbone("efficientnet_lite0")
+    bf16 = create_backbone("efficientnet_lite0")
+    bf16.precision = "bf16"  # what extract(..., precision="bf16") sets through .to()
+    assert fp32.fingerprint() != bf16.fingerprint()
+    assert fp32.fingerprint() == create_backbone("efficientnet_lite0").to("cpu", "fp32").fingerprint()
