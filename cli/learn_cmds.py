@@ -1,5 +1,251 @@
-"""Commands of this area; `register(cli)` adds them to the main group."""
+"""Learning commands: train, evaluate, predict, plot.  `register(cli)` adds them to the group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from embedkit.cli.common import cache_option, emit_json, json_option, model_options, table
+
+CLASSIFIER_NAMES = ["svm-linear", "svm-rbf", "logreg", "knn", "ridge", "random-forest", "mlp"]
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto, cpu, cuda, cuda:1, mps.")
+
+
+def _extraction_note(es):
+    summary = getattr(es, "summary", None)
+    if summary is not None:
+        click.echo(str(summary), err=True)
+
+
+@click.command()
+@click.argument("features_or_dataset")
+@model_options
+@click.option("--classifier", "-c", type=click.Choice(CLASSIFIER_NAMES), default="svm-linear",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Where to save the model (.skops).")
+@click.option("--cv", type=int, default=5, show_default=True,
+              help="Folds of the stratified cross-validation that picks hyper-parameters.")
+@click.option("--scale", type=click.Choice(["standard", "l2"]), default="standard",
+              show_default=True, help="StandardScaler or L2 Normalizer before the classifier.")
+@click.option("--class-weight", type=click.Choice(["balanced"]), default=None,
+              help="Weigh classes by inverse frequency.")
+@click.option("--resample", type=click.Choice(["over", "under"]), default=None,
+              help="Balance classes by random over-/under-sampling inside the training folds.")
+@click.option("--augment", type=int, default=0, metavar="N",
+              help="N augmented views per image (images only; cached like any embedding).")
+@click.option("--augment-recipe", default=None, metavar="RECIPE",
+              help="Transformations, default 'hflip,crop=0.85,jitter=0.2' "
+                   "(also vflip, rotate=DEGREES).")
+@click.option("--augment-mode", type=click.Choice(["rows", "average"]), default="rows",
+              show_default=True,
+              help="rows: views are extra training rows; average: every embedding (training and "
+                   "prediction) is the mean over the original and its views.")
+@click.option("--holdout", type=float, default=None, metavar="FRACTION",
+              help="Keep a stratified fraction out of training and report metrics on it.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed of folds, resampling, augmentation and the classifier.")
+@click.option("--label", "labels", multiple=True,
+              help="Label column(s) to learn, one head each (default: all label columns).")
+@click.option("--jobs", type=int, default=None, help="Parallel fits in the grid search.")
+@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
+@device_option
+@quiet_option
+@cache_option
+@json_option
+def train(features_or_dataset, model, layer, pool, normalize, weights, classifier, output, cv,
+          scale, class_weight, resample, augment, augment_recipe, augment_mode, holdout, seed,
+          labels, jobs, batch_size, device, quiet, cache, as_json):
+    """Train a light classifier on frozen embeddings and save it as a skops file.
+
+    FEATURES_OR_DATASET is a saved EmbeddingSet (.parquet) or a dataset (folder with class
+    subfolders, manifest, bundled name) embedded with --model through the cache.  Each label
+    column gets its own head; hyper-parameters are chosen by stratified cross-validation.
+
+    \b
+    Examples:
+      embedkit train ./digits --classifier svm-linear -o digits.skops --cv 3
+      embedkit train feats.parquet -c logreg --class-weight balanced -o m.skops
+      embedkit train ./photos --augment 4 --holdout 0.25 -o m.skops
+    """
+    from embedkit.classify import train as train_heads, training_features
+
+    features, extra = training_features(
+        features_or_dataset, model, augment=augment, augment_mode=augment_mode,
+        recipe=augment_recipe, seed=seed, layer=layer, pool=pool, normalize=normalize,
+        weights=weights, label=labels[0] if labels else None, cache=cache,
+        batch_size=batch_size, device=device, progress=False if quiet else None)
+    _extraction_note(features)
+    trained = train_heads(features, classifier, tasks=labels or None, cv=cv, scale=scale,
+                          class_weight=class_weight, resample=resample, seed=seed,
+                          holdout=holdout or 0.0, extra_rows=extra, n_jobs=jobs,
+                          weights=weights)
+    trained.save(output)
+    if as_json:
+        return emit_json({"output": output, "features": trained.features, **trained.info})
+    info = trained.info
+    for task, rec in info["tasks"].items():
+        counts = ", ".join(f"{c}:{n}" for c, n in rec["train_counts"].items())
+        click.echo(f"task '{task}': {len(rec['classes'])} classes, trained on "
+                   f"{sum(rec['train_counts'].values())} items ({counts})"
+                   + (f" + augmented views = {rec['train_rows']} rows" if extra else ""))
+        params = ", ".join(f"{k}={v}" for k, v in rec["best_params"].items())
+        click.echo(f"  best {params}: {info['scoring']} {rec['cv_score']:.3f} "
+                   f"± {rec['cv_std']:.3f} over {cv} folds (seed {seed}; optimistic, the "
+                   "folds also chose the parameters)")
+        if rec.get("unconverged_fits"):
+            click.echo(f"  note: {rec['unconverged_fits']} fit(s) did not converge", err=True)
+        if rec.get("holdout"):
+            h = rec["holdout"]
+            click.echo(f"  held out {h['n']}: accuracy {h['accuracy']:.3f}, balanced accuracy "
+                       f"{h['balanced_accuracy']:.3f}, macro F1 {h['f1_macro']:.3f}")
+    from embedkit.classify import describe_features
+
+    click.echo(f"saved {classifier} on {describe_features(trained.features)} to {output}")
+
+
+def _per_task_path(path: str, task: str, several: bool) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{task}{path.suffix}") if several else path
+
+
+@click.command()
+@click.argument("model_file", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("data")
+@click.option("--confusion", type=click.Path(dir_okay=False), default=None,
+              help="Save the confusion matrix as PNG (one file per task: NAME-TASK.png).")
+@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
+@device_option
+@quiet_option
+@cache_option
+@json_option
+def evaluate(model_file, data, confusion, batch_size, device, quiet, cache, as_json):
+    """Score MODEL on labelled DATA: accuracy, balanced accuracy, F1, per-class precision and
+    recall, ROC-AUC / PR-AUC, confusion matrix.
+
+    DATA is a saved EmbeddingSet from the model's backbone, or a dataset, embedded with the
+    backbone recorded in MODEL.
+
+    \b
+    Example: embedkit evaluate digits.skops ./digits-test --confusion cm.png
+    """
+    from embedkit.classify import TrainedClassifier
+    from embedkit.plots import confusion_matrix_png
+
+    trained = TrainedClassifier.load(model_file)
+    es = trained.embed(data, cache=cache, batch_size=batch_size, device=device,
+                       progress=False if quiet else None)
+    _extraction_note(es)
+    reports = trained.evaluate(es)
+    written = {}
+    if confusion:
+        for task, report in reports.items():
+            png = _per_task_path(confusion, task, len(reports) > 1)
+            written[task] = str(confusion_matrix_png(
+                report, png, title=f"{Path(model_file).name}: {task}"))
+    if as_json:
+        return emit_json({"model": model_file, "data": data, "tasks": reports,
+                          "confusion_png": written or None})
+    for task, r in reports.items():
+        click.echo(f"task '{task}': {r['n']} items")
+        click.echo(table([{"accuracy": r["accuracy"], "balanced_acc": r["balanced_accuracy"],
+                           "f1_macro": r["f1_macro"], "f1_weighted": r["f1_weighted"],
+                           "roc_auc": r["roc_auc"], "pr_auc": r["pr_auc"]}]))
+        if r.get("auc_note"):
+            click.echo(f"(AUC from {r['auc_from'] or 'no scores'}: {r['auc_note']})")
+        click.echo(table(r["per_class"], ["class", "precision", "recall", "f1", "support"]))
+        click.echo("confusion matrix (rows: true, columns: predicted)")
+        click.echo(table([{"true": label, **dict(zip(r["labels"], row))}
+                          for label, row in zip(r["labels"], r["confusion_matrix"])],
+                         ["true", *r["labels"]]))
+        if task in written:
+            click.echo(f"saved confusion matrix to {written[task]}")
+
+
+@click.command()
+@click.argument("model_file", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("inputs")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write predictions to .csv or .json (default: a table on stdout).")
+@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
+@device_option
+@quiet_option
+@cache_option
+@json_option
+def predict(model_file, inputs, output, batch_size, device, quiet, cache, as_json):
+    """Predict labels for INPUTS (images, texts, a dataset, or saved features of the model's
+    backbone), with class probabilities where the classifier gives them.
+
+    \b
+    Example: embedkit predict digits.skops ./new-images -o preds.csv
+    """
+    from embedkit.classify import TrainedClassifier
+    from embedkit.errors import UsageError
+
+    trained = TrainedClassifier.load(model_file)
+    es = trained.embed(inputs, cache=cache, batch_size=batch_size, device=device,
+                       progress=False if quiet else None)
+    _extraction_note(es)
+    rows = trained.predictions(es)
+    if output:
+        suffix = Path(output).suffix.lower()
+        if suffix not in (".csv", ".json"):
+            raise UsageError(f"{output}: write predictions as .csv or .json")
+        _write_rows(rows, Path(output), suffix)
+        click.echo(f"wrote {len(rows)} predictions ({', '.join(trained.tasks)}) to {output}")
+    elif as_json:
+        emit_json(rows)
+    else:
+        click.echo(table(rows))
+
+
+def _write_rows(rows: list[dict], path: Path, suffix: str):
+    import csv
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        path.write_text(json.dumps(rows, indent=2))
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@click.command()
+@click.argument("features")
+@model_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="PNG file to write.")
+@click.option("--method", type=click.Choice(["pca", "tsne", "umap"]), default="pca",
+              show_default=True, help="2-D projection (umap needs: pip install 'embedkit[umap]').")
+@click.option("--label", default=None, help="Label column that colours the points.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+@cache_option
+def plot(features, model, layer, pool, normalize, weights, output, method, label, seed, quiet,
+         cache):
+    """Draw a 2-D map of FEATURES (saved set, or dataset + --model), coloured by label.
+
+    \b
+    Example: embedkit plot ./digits --method tsne -o digits-map.png
+    """
+    from embedkit.extract import embeddings_of
+    from embedkit.plots import embedding_map
+
+    es = embeddings_of(features, model, layer=layer, pool=pool, normalize=normalize,
+                       weights=weights, cache=cache, label=label,
+                       progress=False if quiet else None)
+    _extraction_note(es)
+    embedding_map(es, output, method=method, label=label, seed=seed)
+    click.echo(f"saved {method} map of {len(es)} items to {output}")
 
 
 def register(cli):
-    pass
+    for command in (train, evaluate, predict, plot):
+        cli.add_command(command)

@@ -59,8 +59,9 @@ def _build(name):
         "logreg": lambda s: LogisticRegression(max_iter=5000, random_state=s),
         "knn": lambda s: KNeighborsClassifier(),
         "ridge": lambda s: RidgeClassifier(),
-        "random-forest": lambda s: RandomForestClassifier(n_estimators=200, random_state=s),
-        "mlp": lambda s: MLPClassifier(hidden_layer_sizes=(256,), max_iter=1000, random_state=s),
+        "random-forest": lambda s: RandomForestClassifier(n_estimators=100, random_state=s),
+        "mlp": lambda s: MLPClassifier(hidden_layer_sizes=(256,), solver="lbfgs",
+                                          max_iter=500, random_state=s),
     }[name]
 
 

@@ -17,9 +17,9 @@ def _pyplot():
 
 
 def heatmap(matrix, row_labels, col_labels, path, title: str = "", fmt: str = ".2f",
-            cmap: str = "viridis") -> Path:
+            cmap: str = "viridis", xlabel: str = "", ylabel: str = "") -> Path:
     """A labelled matrix with each value written in its cell (similarity matrices, confusion
-    matrices)."""
+    matrices); `xlabel` / `ylabel` name the axes."""
     plt = _pyplot()
     matrix = np.asarray(matrix, dtype=float)
     n_rows, n_cols = matrix.shape
@@ -34,8 +34,88 @@ def heatmap(matrix, row_labels, col_labels, path, title: str = "", fmt: str = ".
             ax.text(j, i, format(matrix[i, j], fmt), ha="center", va="center", fontsize=8,
                     color="white" if matrix[i, j] < middle else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_png(report: dict, path, title: str = "") -> Path:
+    """The confusion matrix of a `metrics.classification_report` (rows: true class, columns:
+    predicted class, cells: counts)."""
+    labels = report["labels"]
+    return heatmap(report["confusion_matrix"], labels, labels, path, title=title, fmt=".0f",
+                   xlabel="predicted", ylabel="true")
+
+
+PROJECTIONS = ("pca", "tsne", "umap")
+
+
+def project_2d(vectors, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """[n, d] -> [n, 2] by PCA, t-SNE (perplexity capped for small sets) or UMAP."""
+    from .errors import MissingExtra, UsageError
+
+    x = np.asarray(vectors, dtype=np.float64)
+    if method not in PROJECTIONS:
+        raise UsageError(f"unknown projection '{method}': choose {', '.join(PROJECTIONS)}")
+    if len(x) < 3:
+        raise UsageError(f"a 2-D map needs at least 3 items, got {len(x)}")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        out = PCA(n_components=min(2, x.shape[1]), random_state=seed).fit_transform(x)
+        return out if out.shape[1] == 2 else np.column_stack([out, np.zeros(len(out))])
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, (len(x) - 1) / 3))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca",
+                    random_state=seed).fit_transform(x)
+    try:
+        import umap
+    except ImportError:
+        raise MissingExtra("embedding_map(method='umap')", "umap", "umap-learn") from None
+    return umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1),
+                     random_state=seed).fit_transform(x)
+
+
+def embedding_map(es, path, method: str = "pca", label: str | None = None, seed: int = 0,
+                  title: str | None = None) -> Path:
+    """A 2-D map of an EmbeddingSet (PCA, t-SNE or UMAP), one colour per label, as PNG."""
+    from .errors import UsageError
+
+    plt = _pyplot()
+    points = project_2d(es.vectors, method, seed)
+    if label is not None and label not in es.label_columns:
+        raise UsageError(f"no label column '{label}'; the set has "
+                         f"{', '.join(es.label_columns) or 'none'}")
+    labels = es.label_columns[label] if label else es.labels
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=12, alpha=0.8)
+    else:
+        names = sorted({str(v) for v in labels})
+        cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        text = np.asarray([str(v) for v in labels])
+        for i, name in enumerate(names):
+            mask = text == name
+            ax.scatter(points[mask, 0], points[mask, 1], s=12, alpha=0.8,
+                       color=cmap(i % cmap.N), label=name)
+        if len(names) <= 30:
+            ax.legend(fontsize=7, markerscale=1.5, loc="best", frameon=False)
+    model = es.meta.get("model") or "vectors"
+    ax.set_title(title or f"{model} ({es.meta.get('layer') or 'features'}): "
+                          f"{len(es)} items, {method.upper()}")
+    ax.set_xticks([])
+    ax.set_yticks([])
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
