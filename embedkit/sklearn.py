@@ -1,0 +1,127 @@
+"""scikit-learn building blocks: `EmbeddingTransformer` turns image paths or texts into vectors.
+
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+    from embedkit.sklearn import EmbeddingTransformer
+
+    pipe = make_pipeline(EmbeddingTransformer(model="efficientnet_lite0"), SVC())
+    search = GridSearchCV(pipe, {"embeddingtransformer__layer": ["pre_logits", "blocks.5"],
+                                 "svc__C": [0.1, 1, 10]}, cv=3).fit(paths, labels)
+
+Input is a 1-D sequence (list, tuple, 1-D array, pandas Series) of image file paths or of texts;
+output is float32 [n, dim], one row per input in input order.  Vectors go through embedkit's
+cache, so the refits of a grid search read them back instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .errors import UsageError
+
+
+def as_items(X) -> list[str]:
+    """A 1-D sequence of paths or texts as a list of str; anything else is refused."""
+    if isinstance(X, str):
+        raise UsageError("EmbeddingTransformer takes a sequence of paths or texts, not one "
+                         "string; wrap it in a list")
+    array = np.asarray(X, dtype=object)
+    if array.ndim == 2 and array.shape[1] == 1:  # one column of a DataFrame / 2-D selection
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise UsageError(f"EmbeddingTransformer takes a 1-D list of image paths or texts; got "
+                         f"an array of shape {array.shape}")
+    if len(array) == 0:
+        raise UsageError("EmbeddingTransformer got no input (an empty list)")
+    bad = next((v for v in array if not isinstance(v, (str, np.str_))), None)
+    if bad is not None:
+        raise UsageError(f"EmbeddingTransformer takes image paths or texts (str); got a "
+                         f"{type(bad).__name__} ({bad!r:.40})")
+    return [str(v) for v in array]
+
+
+class EmbeddingTransformer(TransformerMixin, BaseEstimator):
+    """Frozen backbone embeddings as a scikit-learn transformer.
+
+    Parameters mirror `embedkit.extract`: model (None = the default model of the input's
+    modality), layer, pool, normalize, weights, cache (folder or None for the default), batch_size,
+    device.  `fit` only resolves the backbone (cheap: no weights are read) and records its
+    fingerprint; weights load lazily on the first `transform`.  Pickles without any torch module
+    (the backbone is rebuilt on first use, and must give the same fingerprint).
+    """
+
+    def __init__(self, model=None, layer=None, pool=None, normalize=False, weights=None,
+                 cache=None, batch_size=32, device="auto"):
+        self.model = model
+        self.layer = layer
+        self.pool = pool
+        self.normalize = normalize
+        self.weights = weights
+        self.cache = cache
+        self.batch_size = batch_size
+        self.device = device
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags
+
+    def _build(self, modality: str):
+        from .registry import create_backbone, default_model
+
+        return create_backbone(self.model or default_model(modality), layer=self.layer,
+                               pool=self.pool, normalize=self.normalize or None,
+                               weights=self.weights)
+
+    def fit(self, X, y=None):
+        from .inputs import from_list
+
+        modality = from_list(as_items(X)[:1]).modality
+        backbone = self._build(modality)
+        self._backbone = backbone
+        self.modality_ = backbone.modality
+        self.model_name_ = backbone.name
+        self.fingerprint_ = backbone.fingerprint()
+        self.dim_ = int(backbone.dim)
+        return self
+
+    @property
+    def backbone_(self):
+        """The fitted backbone, rebuilt (and checked) after unpickling."""
+        check_is_fitted(self, "fingerprint_")
+        backbone = self.__dict__.get("_backbone")
+        if backbone is None:
+            backbone = self._build(self.modality_)
+            if backbone.fingerprint() != self.fingerprint_:
+                from .classify import BackboneMismatch
+
+                raise BackboneMismatch(
+                    f"{self.model_name_} rebuilt here has fingerprint "
+                    f"{backbone.fingerprint()[:12]}, not {self.fingerprint_[:12]} as when fitted "
+                    "(other weights or embedkit version); fit it again")
+            self._backbone = backbone
+        return backbone
+
+    def transform(self, X):
+        from .extract import extract
+
+        check_is_fitted(self, "fingerprint_")
+        items = as_items(X)
+        es = extract(items, self.backbone_, cache=self.cache, batch_size=self.batch_size,
+                     device=self.device, progress=False, strict=True)
+        return es.vectors
+
+    def get_feature_names_out(self, input_features=None):
+        check_is_fitted(self, "dim_")
+        return np.asarray([f"embedding{i}" for i in range(self.dim_)], dtype=object)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_backbone", None)  # no torch module in the pickle; rebuilt on first use
+        return state
