@@ -1,5 +1,237 @@
-"""Commands of this area; `register(cli)` adds them to the main group."""
+"""Text and query commands: similar, cosine, analogy, eval-vectors, word2vec train."""
+
+from __future__ import annotations
+
+import click
+
+from embedkit.cli.common import EmbedkitGroup, emit_json, json_option, table
+
+INDEX_HELP = ("Search index: exact (default; faiss inner product on unit vectors), or the "
+              "approximate ivf / hnsw, whose recall@k against exact search is measured and "
+              "printed.")
+KEEP_HELP = ("Keep the query words/items in the answers (by default they are dropped, as "
+             "gensim does).")
+LIMIT_HELP = "Use only the N most frequent words of the vocabulary."
+
+
+def _neighbor_rows(results, score: str = "cosine"):
+    return [{"rank": i, "key": n.key, score: round(n.score, 4)}
+            for i, n in enumerate(results, 1)]
+
+
+def _recall_line(space, index, k):
+    from embedkit.neighbors import measure_recall
+
+    recall = measure_recall(space.index(index), space.unit, k=k)
+    return recall, f"recall@{k} of the {index} index against exact search: {recall:.3f} " \
+                   f"(200 sampled rows)"
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("query")
+@click.option("--model", "-m", default=None,
+              help="Word vectors to search (default glove-6b-50d); with --embeddings, the model "
+                   "that embeds a dataset given there.")
+@click.option("--embeddings", "-e", default=None,
+              help="Search the items of this EmbeddingSet (.parquet) or dataset instead.")
+@click.option("-k", "topn", type=int, default=10, show_default=True)
+@click.option("--index", type=click.Choice(["exact", "ivf", "hnsw"]), default="exact",
+              show_default=True, help=INDEX_HELP)
+@click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
+@json_option
+def similar(query, model, embeddings, topn, index, keep_query_words, limit, as_json):
+    """Nearest neighbours of QUERY by cosine similarity.
+
+    QUERY is a word of a word-vectors model, or, with --embeddings, an item of a saved
+    EmbeddingSet: its id, the path of one of its files, or a new image / text (embedded with
+    the set's own model).
+
+    \b
+    Examples:
+      embedkit similar frog
+      embedkit similar frog --model vectors.kv -k 5 --json
+      embedkit similar 5/00012.png --embeddings digits.parquet
+      embedkit similar "a gripping, moving film" --embeddings reviews.parquet
+    """
+    from embedkit.neighbors import VectorSpace, set_query, word_space
+
+    if embeddings:
+        from embedkit.extract import embeddings_of
+
+        emb = embeddings_of(embeddings, model, progress=False)
+        space = VectorSpace.from_embeddings(emb)
+        q = set_query(emb, query)
+    else:
+        space = word_space(model, limit)
+        q = query
+    results = space.most_similar(q, topn=topn, keep_query_words=keep_query_words, index=index)
+    recall = _recall_line(space, index, topn) if index != "exact" else None
+    rows = _neighbor_rows(results)
+    if as_json:
+        return emit_json({"query": query, "space": space.name, "index": index,
+                          "query_excluded": not keep_query_words,
+                          "recall_at_k": recall[0] if recall else None, "neighbors": rows})
+    click.echo(table(rows))
+    if recall:
+        click.echo(recall[1], err=True)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("a")
+@click.argument("b")
+@click.option("--model", "-m", default=None,
+              help="Model that embeds A and B (default glove-6b-50d for words/texts, "
+                   "efficientnet_lite0 for image files).")
+@click.option("--embeddings", "-e", default=None,
+              help="Look A and B up in this EmbeddingSet (ids, file paths) or embed them like it.")
+@json_option
+def cosine(a, b, model, embeddings, as_json):
+    """Cosine similarity of two items: words, texts, image files or raw vectors.
+
+    \b
+    Examples:
+      embedkit cosine -0.4,0.8 -0.3,0.2          # raw vectors: 0.8682
+      embedkit cosine king queen
+      embedkit cosine "a fine film" "a great movie" --model all-minilm-l6-v2
+      embedkit cosine cat.jpg dog.jpg
+    """
+    from embedkit.neighbors import cosine as cos, item_vectors
+
+    va, vb = item_vectors([a, b], model=model, embeddings=embeddings)
+    score = cos(va, vb)
+    if as_json:
+        return emit_json({"a": a, "b": b, "model": model, "cosine": score})
+    click.echo(f"{score:.4f}")
+
+
+@click.command()
+@click.argument("expression")
+@click.option("--model", "-m", default=None, help="Word vectors (default glove-6b-50d).")
+@click.option("--method", type=click.Choice(["add", "mul"]), default="add", show_default=True,
+              help="3CosAdd (vector offset) or 3CosMul (Levy & Goldberg 2014).")
+@click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
+@click.option("-k", "topn", type=int, default=10, show_default=True)
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
+@json_option
+def analogy(expression, model, method, keep_query_words, topn, limit, as_json):
+    """Solve a word analogy written as vector arithmetic.
+
+    The query words are dropped from the answers unless --keep-query-words.
+
+    \b
+    Examples:
+      embedkit analogy "king - man + woman"
+      embedkit analogy "paris - france + italy" --method mul -k 3 --json
+    """
+    from embedkit.neighbors import parse_expression, word_space
+
+    positive, negative = parse_expression(expression)
+    space = word_space(model, limit)
+    results = space.analogy(positive, negative, method=method, topn=topn,
+                            keep_query_words=keep_query_words)
+    rows = _neighbor_rows(results, "cosine" if method == "add" else "3cosmul")
+    name = {"add": "3CosAdd", "mul": "3CosMul"}[method]
+    if as_json:
+        return emit_json({"expression": expression, "positive": positive, "negative": negative,
+                          "method": method, "query_excluded": not keep_query_words,
+                          "model": space.name, "answers": rows})
+    excluded = "query words kept" if keep_query_words else \
+        "query words excluded (--keep-query-words keeps them)"
+    click.echo(f"{expression}  [{name}; {excluded}; {space.name}]", err=True)
+    click.echo(table(rows))
+
+
+@click.command("eval-vectors")
+@click.option("--model", "-m", default=None, help="Word vectors (default glove-6b-50d).")
+@click.option("--analogies", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Analogy questions, questions-words.txt format (default: gensim's copy of "
+                   "the Google set).")
+@click.option("--pairs", type=click.Path(dir_okay=False, exists=True), multiple=True,
+              help="Word-pair similarity files (default: gensim's wordsim353.tsv and "
+                   "simlex999.txt). Repeatable.")
+@click.option("--no-analogies", is_flag=True, help="Only the word-pair correlations.")
+@click.option("--method", type=click.Choice(["add", "mul"]), default="add", show_default=True)
+@click.option("--restrict-vocab", type=int, default=300_000, show_default=True,
+              help="Only the N most frequent words answer and count as known (gensim's rule).")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
+@json_option
+def eval_vectors(model, analogies, pairs, no_analogies, method, restrict_vocab, limit, as_json):
+    """Evaluate word vectors: analogy accuracy per section, word-pair correlations.
+
+    Reproduces gensim's evaluate_word_analogies / evaluate_word_pairs (questions or pairs with
+    a word outside the first --restrict-vocab words are skipped and counted as OOV).
+
+    \b
+    Example: embedkit eval-vectors --model glove-6b-50d --json
+    """
+    from embedkit.neighbors import (default_test_file, evaluate_analogies, evaluate_word_pairs,
+                                    word_space)
+
+    space = word_space(model, limit)
+    report = {"model": space.name}
+    if not no_analogies:
+        report["analogies"] = evaluate_analogies(
+            space, analogies or default_test_file("questions-words.txt"),
+            restrict_vocab=restrict_vocab, method=method).as_dict()
+    files = pairs or (default_test_file("wordsim353.tsv"), default_test_file("simlex999.txt"))
+    report["pairs"] = [evaluate_word_pairs(space, f, restrict_vocab=restrict_vocab).as_dict()
+                       for f in files]
+    if as_json:
+        return emit_json(report)
+    if "analogies" in report:
+        a = report["analogies"]
+        rows = [{"section": s["section"], "correct": s["correct"], "evaluated": s["total"],
+                 "accuracy": round(s["accuracy"], 4)} for s in a["sections"]]
+        rows.append({"section": "TOTAL", "correct": a["correct"], "evaluated": a["evaluated"],
+                     "accuracy": round(a["accuracy"], 4)})
+        click.echo(f"analogies ({a['method']}, {a['path']}): {a['oov_questions']:,} of "
+                   f"{a['questions']:,} questions skipped as OOV ({100 * a['oov_ratio']:.1f}%)")
+        click.echo(table(rows))
+        click.echo()
+    click.echo(table([{"pairs": p["path"].rsplit("/", 1)[-1], "pearson": round(p["pearson"], 4),
+                       "spearman": round(p["spearman"], 4), "scored": p["pairs"],
+                       "oov": p["oov_pairs"], "oov %": round(100 * p["oov_ratio"], 2)}
+                      for p in report["pairs"]]))
+
+
+@click.group(cls=EmbedkitGroup)
+def word2vec():
+    """Train word vectors on your own corpus."""
+
+
+@word2vec.command("train")
+@click.argument("corpus")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to save the vectors (.kv, memory-mappable).")
+@click.option("--sg/--cbow", default=True, show_default=True,
+              help="Skip-gram (default, better on small corpora) or CBOW.")
+@click.option("--dim", type=int, default=100, show_default=True)
+@click.option("--window", type=int, default=5, show_default=True)
+@click.option("--min-count", type=int, default=5, show_default=True,
+              help="Ignore words seen fewer times.")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--workers", type=int, default=None, help="Threads (default: all CPUs).")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def word2vec_train(corpus, output, sg, dim, window, min_count, epochs, workers, seed, quiet):
+    """Train word2vec on CORPUS (a text file, one sentence or document per line; or a .csv /
+    .jsonl with a text column; or a folder of .txt files), tokenised by embedkit's tokeniser.
+
+    \b
+    Example:
+      embedkit word2vec train corpus.txt -o vectors.kv --dim 50 --epochs 10
+      embedkit similar court --model vectors.kv
+    """
+    from embedkit.wordvectors import train_word2vec
+
+    kv = train_word2vec(corpus, output, sg=sg, dim=dim, window=window, min_count=min_count,
+                        epochs=epochs, workers=workers, seed=seed,
+                        progress=False if quiet else None)
+    click.echo(f"saved {len(kv.index_to_key):,} words x {kv.vector_size} "
+               f"({'skip-gram' if sg else 'CBOW'}) to {output}; use it with --model {output}")
 
 
 def register(cli):
-    pass
+    for command in (similar, cosine, analogy, eval_vectors, word2vec):
+        cli.add_command(command)
