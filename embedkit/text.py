@@ -52,7 +52,7 @@ _TOKEN = re.compile(r"""
     | \w+(?='(?:s|re|ve|ll|d|m)\b)  # king|'s, they|'re
     | '(?:s|re|ve|ll|d|m)\b
     | \d+(?:[.,]\d+)+               # 3.5, 1,000
-    | \w+(?:[-.']\w+)*              # words, e-mail, o'neill
+    | \w+(?:[-.]\w+|'(?!(?:s|re|ve|ll|d|m)\b)\w+)*   # words, e-mail, o'neill('s)
 """, re.VERBOSE)
 
 

@@ -114,6 +114,18 @@ def _has_word2vec_header(path: str) -> bool:
     return len(first) == 2 and all(p.isdigit() for p in first)
 
 
+def _load_fasttext_bin(path: str, limit: int | None):
+    if limit is not None:
+        raise UsageError(f"{path}: limit does not apply to a fastText .bin (its subword "
+                         "buckets are shared by all words); use its .vec file")
+    from gensim.models.fasttext import load_facebook_vectors
+
+    try:
+        return load_facebook_vectors(path)
+    except NotImplementedError as exc:  # supervised models
+        raise BadInputError(f"{path}: {exc}") from None
+
+
 def subset(kv, limit: int | None):
     """The first `limit` words of `kv` (a new KeyedVectors sharing, not copying, the array)."""
     if limit is None or limit >= len(kv.index_to_key):
@@ -147,17 +159,18 @@ def load_vectors(path, limit: int | None = None, mmap: bool = True):
     try:
         if suffix == ".kv":
             return subset(_load_kv_file(path, mmap), limit)
-        if suffix == ".bin" and not path.lower().endswith(COMPRESSED) and _is_fasttext_bin(path):
-            if limit is not None:
-                raise UsageError(f"{path}: limit does not apply to a fastText .bin (its subword "
-                                 "buckets are shared by all words); use its .vec file")
-            from gensim.models.fasttext import load_facebook_vectors
-
-            return load_facebook_vectors(path)
+        plain_bin = suffix == ".bin" and not path.lower().endswith(COMPRESSED)
+        if plain_bin and _is_fasttext_bin(path):
+            return _load_fasttext_bin(path, limit)
         binary = suffix == ".bin"
         no_header = not binary and not _has_word2vec_header(path)
-        return KeyedVectors.load_word2vec_format(path, binary=binary, no_header=no_header,
-                                                 limit=limit, unicode_errors="ignore")
+        try:
+            return KeyedVectors.load_word2vec_format(path, binary=binary, no_header=no_header,
+                                                     limit=limit, unicode_errors="ignore")
+        except (ValueError, EOFError, struct.error):
+            if not plain_bin:
+                raise
+            return _load_fasttext_bin(path, limit)  # fastText's first format had no magic
     except (ValueError, EOFError, struct.error, UnicodeDecodeError, IndexError) as exc:
         raise BadInputError(f"{path}: cannot read as {suffix} word vectors "
                             f"({type(exc).__name__}: {exc})") from None

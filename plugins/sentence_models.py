@@ -129,6 +129,9 @@ class SentenceTransformersFamily(BackboneFamily):
     def models(self) -> list[str]:
         return list(MODELS)
 
+    def handles(self, name: str) -> bool:
+        return name in MODELS
+
     def create(self, name: str, weights=None, layer=None, pool=None, **options):
         if importlib.util.find_spec("sentence_transformers") is None:
             raise MissingExtra(f"the {name} backbone", extra="sentence",

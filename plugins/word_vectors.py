@@ -153,7 +153,7 @@ class WordVectorsFamily(BackboneFamily):
         return [GLOVE_NAME]
 
     def handles(self, name: str) -> bool:
-        return bool(vector_suffix(name))
+        return name == GLOVE_NAME or bool(vector_suffix(name))
 
     def create(self, name: str, weights=None, **options) -> WordVectorBackbone:
         if weights is not None:
