@@ -10,7 +10,7 @@ for several k, on
 Prints test accuracy per representation and k, and the gain of each over pixels.
 
     python benchmarks/transfer_scenario.py                 # digits, animal-shape, lfw-subset
-    python benchmarks/transfer_scenario.py --sets animal-shape --per-class 60 --layers pre_logits,blocks.4
+    python benchmarks/transfer_scenario.py --sets digits-target --layers pre_logits,blocks.4
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def source_mlp_features(target: EmbeddingSet, seed: int) -> EmbeddingSet:
     folder = samples.export("digits-source")
     ds = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
     source = pixel_set(folder, ds, np.asarray([i.split("/")[0] for i in ds], dtype=object))
+    y = source.labels.astype(str)
     mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-3, max_iter=500, solver="lbfgs",
-                        random_state=seed).fit(source.vectors, source.labels.astype(str))
-    print(f"  source MLP on digits 0-4: train accuracy {mlp.score(source.vectors, source.labels.astype(str)):.3f} "
+                        random_state=seed).fit(source.vectors, y)
+    print(f"  source MLP on digits 0-4: train accuracy {mlp.score(source.vectors, y):.3f} "
           f"({len(source)} images)", file=sys.stderr)
     hidden = np.maximum(target.vectors @ mlp.coefs_[0] + mlp.intercepts_[0], 0)
     return EmbeddingSet(target.ids, hidden, dict(target.label_columns),

@@ -72,8 +72,9 @@ def train(features_or_dataset, model, layer, pool, normalize, weights, classifie
       embedkit train feats.parquet -c logreg --class-weight balanced -o m.skops
       embedkit train ./photos --augment 4 --holdout 0.25 -o m.skops
     """
-    from embedkit.classify import train as train_heads, training_features
+    from embedkit.classify import check_options, train as train_heads, training_features
 
+    check_options(classifier, scale=scale, class_weight=class_weight, resample=resample)
     features, extra = training_features(
         features_or_dataset, model, augment=augment, augment_mode=augment_mode,
         recipe=augment_recipe, seed=seed, layer=layer, pool=pool, normalize=normalize,

@@ -67,7 +67,7 @@ def _build(name):
 
 CLASSIFIERS: dict[str, ClassifierChoice] = {
     "svm-linear": ClassifierChoice(_build("svm-linear"),
-                                   lambda d, m: {"C": [0.001, 0.01, 0.1, 1.0, 10.0]}),
+                                   lambda d, m: {"C": [1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0]}),
     # gamma around 1/d: the 'scale' value for standardised features
     "svm-rbf": ClassifierChoice(_build("svm-rbf"), lambda d, m: {
         "C": [0.1, 1.0, 10.0, 100.0], "gamma": [g / d for g in (0.1, 1.0, 10.0)]}),
@@ -148,6 +148,23 @@ class Resampled(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 # Pipelines and splits
 
 
+def check_options(classifier: str, *, scale: str = "standard", class_weight: str | None = None,
+                  resample: str | None = None):
+    """Refuse an unknown or ill-fitting choice before any work is done."""
+    if classifier not in CLASSIFIERS:
+        raise UsageError(f"unknown classifier '{classifier}': choose {', '.join(CLASSIFIERS)}")
+    if scale not in SCALERS:
+        raise UsageError(f"unknown scaling '{scale}': choose {' or '.join(SCALERS)}")
+    if class_weight is not None:
+        if class_weight != "balanced":
+            raise UsageError(f"class weight '{class_weight}': only 'balanced' is offered")
+        if not CLASSIFIERS[classifier].class_weight:
+            raise UsageError(f"{classifier} takes no class weights; balance it with "
+                             "--resample over (or under) instead")
+    if resample is not None and resample not in RESAMPLING:
+        raise UsageError(f"unknown resampling '{resample}': choose {' or '.join(RESAMPLING)}")
+
+
 def build_pipeline(classifier: str = "svm-linear", *, scale: str = "standard",
                    class_weight: str | None = None, resample: str | None = None,
                    seed: int = 0):
@@ -155,18 +172,9 @@ def build_pipeline(classifier: str = "svm-linear", *, scale: str = "standard",
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
-    if classifier not in CLASSIFIERS:
-        raise UsageError(f"unknown classifier '{classifier}': choose {', '.join(CLASSIFIERS)}")
-    if scale not in SCALERS:
-        raise UsageError(f"unknown scaling '{scale}': choose {' or '.join(SCALERS)}")
-    choice = CLASSIFIERS[classifier]
-    estimator = choice.build(seed)
+    check_options(classifier, scale=scale, class_weight=class_weight, resample=resample)
+    estimator = CLASSIFIERS[classifier].build(seed)
     if class_weight is not None:
-        if class_weight != "balanced":
-            raise UsageError(f"class weight '{class_weight}': only 'balanced' is offered")
-        if not choice.class_weight:
-            raise UsageError(f"{classifier} takes no class weights; balance it with "
-                             "--resample over (or under) instead")
         estimator.set_params(class_weight="balanced")
     prefix = "clf__"
     if resample is not None:
@@ -323,14 +331,8 @@ class TrainedClassifier:
 
     # -- use --------------------------------------------------------------------------------
     def scores(self, es: EmbeddingSet, task: str):
-        """(scores, kind): class probabilities where the head has them, else its decision
-        function, else (None, None)."""
-        head = self.heads[task]
-        for method, kind in (("predict_proba", "probability"),
-                             ("decision_function", "decision function")):
-            if hasattr(head, method):
-                return getattr(head, method)(es.vectors), kind
-        return None, None
+        """(scores, kind) of the task's head on `es` (see `head_scores`)."""
+        return head_scores(self.heads[task], es.vectors)
 
     def predict(self, es: EmbeddingSet) -> dict[str, np.ndarray]:
         self.check_features(es)
@@ -371,6 +373,16 @@ class TrainedClassifier:
                                                   head.predict(part.vectors), head.classes_,
                                                   scores, kind)
         return reports
+
+
+def head_scores(head, X):
+    """(scores, kind): class probabilities where the head has them, else its decision function,
+    else (None, None)."""
+    for method, kind in (("predict_proba", "probability"),
+                         ("decision_function", "decision function")):
+        if hasattr(head, method):
+            return getattr(head, method)(X), kind
+    return None, None
 
 
 def embed_with_recipe(inputs, backbone, augment: dict | None, **extract_options) -> EmbeddingSet:
@@ -517,11 +529,10 @@ def train(features: EmbeddingSet, classifier: str = "svm-linear", *, tasks=None,
         }
         head = search.best_estimator_
         if test_rows is not None:
-            test = features.subset(labelled[test_rows])
-            trained = TrainedClassifier({task: head}, _feature_recipe(features, weights))
-            scores, kind = trained.scores(test, task)
+            X_test = features.vectors[labelled[test_rows]]
+            scores, kind = head_scores(head, X_test)
             record["holdout"] = classification_report(
-                y_all[test_rows], head.predict(test.vectors), head.classes_, scores, kind)
+                y_all[test_rows], head.predict(X_test), head.classes_, scores, kind)
         heads[task] = head
         per_task[task] = record
     from . import __version__
