@@ -187,15 +187,15 @@ def predict(model_file, inputs, output, batch_size, device, quiet, cache, as_jso
     from embedkit.classify import TrainedClassifier
     from embedkit.errors import UsageError
 
+    suffix = Path(output).suffix.lower() if output else None
+    if output and suffix not in (".csv", ".json"):
+        raise UsageError(f"{output}: write predictions as .csv or .json")
     trained = TrainedClassifier.load(model_file)
     es = trained.embed(inputs, cache=cache, batch_size=batch_size, device=device,
                        progress=False if quiet else None)
     _extraction_note(es)
     rows = trained.predictions(es)
     if output:
-        suffix = Path(output).suffix.lower()
-        if suffix not in (".csv", ".json"):
-            raise UsageError(f"{output}: write predictions as .csv or .json")
         _write_rows(rows, Path(output), suffix)
         click.echo(f"wrote {len(rows)} predictions ({', '.join(trained.tasks)}) to {output}")
     elif as_json:

@@ -110,7 +110,8 @@ def embedding_map(es, path, method: str = "pca", label: str | None = None, seed:
             ax.scatter(points[mask, 0], points[mask, 1], s=12, alpha=0.8,
                        color=cmap(i % cmap.N), label=name)
         if len(names) <= 30:
-            ax.legend(fontsize=7, markerscale=1.5, loc="best", frameon=False)
+            ax.legend(fontsize=7, markerscale=1.5, loc="upper left", bbox_to_anchor=(1.01, 1),
+                      frameon=False)
     model = es.meta.get("model") or "vectors"
     ax.set_title(title or f"{model} ({es.meta.get('layer') or 'features'}): "
                           f"{len(es)} items, {method.upper()}")
