@@ -74,7 +74,7 @@ CLASSIFIERS: dict[str, ClassifierChoice] = {
     "logreg": ClassifierChoice(_build("logreg"), lambda d, m: {"C": [0.01, 0.1, 1.0, 10.0]}),
     "knn": ClassifierChoice(_build("knn"), _knn_grid, class_weight=False),
     "ridge": ClassifierChoice(_build("ridge"),
-                              lambda d, m: {"alpha": [0.1, 1.0, 10.0, 100.0, 1000.0]}),
+                              lambda d, m: {"alpha": [1.0, 10.0, 100.0, 1e3, 1e4]}),
     "random-forest": ClassifierChoice(_build("random-forest"), lambda d, m: {
         "max_features": ["sqrt", "log2"], "min_samples_leaf": [1, 3]}),
     "mlp": ClassifierChoice(_build("mlp"), lambda d, m: {"alpha": [1e-4, 1e-2, 1.0]},
