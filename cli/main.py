@@ -97,15 +97,18 @@ def datasets_list(as_json):
 @click.argument("name")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--per-class", type=int, default=None, help="At most N items per class.")
-def datasets_export(name, folder, per_class):
+@click.option("--skip", type=int, default=0, show_default=True,
+              help="Skip the first N items of each class (a test set disjoint from --per-class N).")
+def datasets_export(name, folder, per_class, skip):
     """Write bundled dataset NAME into FOLDER (class subfolders = labels).
 
     \b
-    Example: embedkit datasets export digits-target ./digits-target --per-class 20
+    Example: embedkit datasets export digits-target ./train --per-class 20
+             embedkit datasets export digits-target ./test --per-class 10 --skip 20
     """
     from embedkit import samples
 
-    path = samples.export(name, folder, per_class=per_class, overwrite=True)
+    path = samples.export(name, folder, per_class=per_class, overwrite=True, skip=skip)
     n = sum(1 for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     click.echo(f"wrote {n} items to {path}")
 

@@ -15,22 +15,34 @@ import time
 OUT = "demo-output"
 
 STEPS: list[tuple[str, list[str]]] = [
-    ("Bundled data, offline: digits 5-9 (the target task of the transfer example)",
-     ["datasets", "export", "digits-target", f"{OUT}/digits-target", "--per-class", "20"]),
-    ("The default image backbone and where its weights come from",
+    ("Bundled data, offline: digits 5-9 (the target task of the transfer example), "
+     "20 training and 10 test images per class, disjoint",
+     ["datasets", "export", "digits-target", f"{OUT}/digits-train", "--per-class", "20"]),
+    ("", ["datasets", "export", "digits-target", f"{OUT}/digits-test", "--per-class", "10",
+          "--skip", "20"]),
+    ("The image backbones whose weights are on this machine",
      ["models", "--modality", "image", "--available"]),
     ("Extract frozen EfficientNet-Lite0 embeddings (pooled penultimate layer) through the cache",
-     ["extract", f"{OUT}/digits-target", "--model", "efficientnet_lite0",
-      "-o", f"{OUT}/digits-target.parquet"]),
+     ["extract", f"{OUT}/digits-train", "--model", "efficientnet_lite0",
+      "-o", f"{OUT}/digits-train.parquet"]),
     ("The same extraction again: every vector comes from the cache",
-     ["extract", f"{OUT}/digits-target", "--model", "efficientnet_lite0",
-      "-o", f"{OUT}/digits-target.parquet"]),
+     ["extract", f"{OUT}/digits-train", "--model", "efficientnet_lite0",
+      "-o", f"{OUT}/digits-train.parquet"]),
     ("What the cache holds", ["cache", "info"]),
+    ("Train a linear SVM on the frozen features (C by stratified 5-fold CV)",
+     ["train", f"{OUT}/digits-train.parquet", "-c", "svm-linear", "--cv", "5",
+      "-o", f"{OUT}/digits-svm.skops"]),
+    ("Evaluate it on the unseen test images (extracted through the model's recorded backbone)",
+     ["evaluate", f"{OUT}/digits-svm.skops", f"{OUT}/digits-test",
+      "--confusion", f"{OUT}/confusion.png"]),
+    ("Predict raw images end to end",
+     ["predict", f"{OUT}/digits-svm.skops", f"{OUT}/digits-test",
+      "-o", f"{OUT}/predictions.csv"]),
 ]
 
 
 def run_step(title: str, args: list[str]) -> None:
-    print(f"\n== {title}\n$ embedkit {shlex.join(args)}", flush=True)
+    print(f"\n== {title}" if title else "", f"\n$ embedkit {shlex.join(args)}", sep="", flush=True)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "embedkit.cli.main", *args])
     if proc.returncode != 0:

@@ -35,7 +35,7 @@ class Sample:
     name: str
     modality: str
     description: str
-    write: Callable[[Path, int | None], int]  # (folder, per-class limit) -> items written
+    write: Callable[[Path, "PerClass"], int]  # (folder, which items to keep) -> items written
 
 
 _SAMPLES: dict[str, Sample] = {}
@@ -60,9 +60,24 @@ def samples_root() -> Path:
     return default_root() / "datasets"
 
 
+class PerClass:
+    """Which items of each class to keep, in the sample's own order: skip the first `skip`,
+    then keep at most `limit` (so `skip=20` gives a test set disjoint from `limit=20`)."""
+
+    def __init__(self, limit: int | None = None, skip: int = 0):
+        self.limit, self.skip = limit, skip
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, label: str) -> bool:
+        seen = self._seen.get(label, 0)
+        self._seen[label] = seen + 1
+        return seen >= self.skip and (self.limit is None or seen < self.skip + self.limit)
+
+
 def export(name: str, folder: str | os.PathLike | None = None, per_class: int | None = None,
-           overwrite: bool = False) -> Path:
-    """Write a bundled sample as a folder; without `folder`, into the cache (once)."""
+           overwrite: bool = False, skip: int = 0) -> Path:
+    """Write a bundled sample as a folder; without `folder`, into the cache (once).
+    `per_class` keeps at most N items of each class, after skipping the first `skip`."""
     if name not in _SAMPLES:
         import difflib
 
@@ -72,8 +87,10 @@ def export(name: str, folder: str | os.PathLike | None = None, per_class: int | 
                             + f" Available: {', '.join(names())}")
     if per_class is not None and per_class < 1:
         raise UsageError(f"--per-class must be at least 1, not {per_class}")
+    if skip < 0:
+        raise UsageError(f"--skip must be 0 or more, not {skip}")
     target = Path(folder) if folder else samples_root() / (
-        name if per_class is None else f"{name}-{per_class}")
+        name + (f"-{per_class}" if per_class is not None else "") + (f"-skip{skip}" if skip else ""))
     done = target / ".embedkit-sample"
     if done.exists() and not overwrite:
         return target
@@ -82,7 +99,7 @@ def export(name: str, folder: str | os.PathLike | None = None, per_class: int | 
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _SAMPLES[name].write(tmp, per_class)
+    _SAMPLES[name].write(tmp, PerClass(per_class, skip))
     (tmp / ".embedkit-sample").write_text(name + "\n")
     if target.exists():
         shutil.rmtree(target)
@@ -90,31 +107,29 @@ def export(name: str, folder: str | os.PathLike | None = None, per_class: int | 
     return target
 
 
-def write_images(folder: Path, images: np.ndarray, labels, per_class: int | None) -> int:
-    """uint8 [n, h, w] images into folder/<label>/<index>.png, at most per_class each."""
+def write_images(folder: Path, images: np.ndarray, labels, keep: PerClass) -> int:
+    """uint8 [n, h, w] images into folder/<label>/<index>.png, those that `keep` admits."""
     from PIL import Image
 
-    counts: dict[str, int] = {}
     written = 0
     for i, (img, label) in enumerate(zip(images, labels)):
         label = str(label)
-        if per_class is not None and counts.get(label, 0) >= per_class:
+        if not keep(label):
             continue
-        counts[label] = counts.get(label, 0) + 1
         (folder / label).mkdir(exist_ok=True)
         Image.fromarray(img).save(folder / label / f"{i:05d}.png")
         written += 1
     return written
 
 
-def _digits(keep: range):
-    def write(folder: Path, per_class):
+def _digits(classes: range):
+    def write(folder: Path, keep):
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        mask = np.isin(d.target, list(keep))
+        mask = np.isin(d.target, list(classes))
         images = (d.images[mask] * (255.0 / 16.0)).round().astype(np.uint8)
-        return write_images(folder, images, d.target[mask], per_class)
+        return write_images(folder, images, d.target[mask], keep)
 
     return write
 
@@ -152,26 +167,26 @@ def animal_shape_arrays() -> tuple[np.ndarray, np.ndarray]:
             load_numpy_pickle(root / "animal_label_version_3.gz"))
 
 
-def _animal_shape(folder: Path, per_class):
+def _animal_shape(folder: Path, keep):
     images, labels = animal_shape_arrays()
-    return write_images(folder, images, [ANIMAL_CLASSES[int(y)] for y in labels], per_class)
+    return write_images(folder, images, [ANIMAL_CLASSES[int(y)] for y in labels], keep)
 
 
-def _lfw_subset(folder: Path, per_class):
+def _lfw_subset(folder: Path, keep):
     from skimage.data import lfw_subset
 
     images = (lfw_subset() * 255).round().astype(np.uint8)
     labels = ["face"] * 100 + ["non-face"] * 100
-    return write_images(folder, images, labels, per_class)
+    return write_images(folder, images, labels, keep)
 
 
-def _pang_lee(folder: Path, per_class):
+def _pang_lee(folder: Path, keep):
     """gensim's pang_lee_polarity.cor: 200 movie-review sentences, `__label__pos|neg text`."""
     import csv
 
     from gensim.test.utils import datapath
 
-    counts: dict[str, int] = {}
+    written = 0
     with open(datapath("pang_lee_polarity.cor"), encoding="cp1252", errors="replace") as src, \
             open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as dst:
         out = csv.writer(dst)
@@ -179,11 +194,10 @@ def _pang_lee(folder: Path, per_class):
         for lineno, line in enumerate(src, 1):
             tag, _, text = line.strip().partition(" ")
             label = tag.removeprefix("__label__")
-            if per_class is not None and counts.get(label, 0) >= per_class:
-                continue
-            counts[label] = counts.get(label, 0) + 1
-            out.writerow([lineno, text, label])
-    return sum(counts.values())
+            if keep(label):
+                out.writerow([lineno, text, label])
+                written += 1
+    return written
 
 
 register(Sample("pang-lee-polarity", "text",

@@ -130,6 +130,13 @@ def test_bundled_samples_export_real_folders(tmp_path):
     tgt = open_dataset(samples.export("digits-target", tmp_path / "tgt", per_class=3))
     assert {it.labels["label"] for it in src.items} == {"0", "1", "2", "3", "4"}
     assert {it.labels["label"] for it in tgt.items} == {"5", "6", "7", "8", "9"}
+    test = open_dataset(samples.export("digits-source", tmp_path / "test", per_class=2, skip=3))
+    assert len(test) == 10 and not {it.id for it in test.items} & {it.id for it in src.items}
+    full = open_dataset(samples.export("digits-source", tmp_path / "full", per_class=5))
+    assert [it.id for it in full.items if int(it.id.split("/")[1][:5]) in
+            {int(t.id.split("/")[1][:5]) for t in test.items}] == [it.id for it in test.items]
+    text = open_dataset(samples.export("pang-lee-polarity", tmp_path / "t", per_class=3, skip=1))
+    assert sorted(it.labels["label"] for it in text.items) == ["neg"] * 3 + ["pos"] * 3
     animals = open_dataset(samples.export("animal-shape", tmp_path / "a", per_class=2))
     assert len(animals) == 20 and len({it.labels["label"] for it in animals.items}) == 10
     assert load_image(animals.items[0].path).size == (28, 28)
