@@ -6,9 +6,9 @@ import click
 
 from embedkit.cli.common import EmbedkitGroup, emit_json, json_option, table
 
-INDEX_HELP = ("Search index: exact (default; faiss inner product on unit vectors), or the "
-              "approximate ivf / hnsw, whose recall@k against exact search is measured and "
-              "printed.")
+INDEX_HELP = ("Search index: exact (default; every cosine computed, by blocked matrix "
+              "products), or faiss' approximate ivf / hnsw for large sets, whose recall@k "
+              "against exact search is measured and printed.")
 KEEP_HELP = ("Keep the query words/items in the answers (by default they are dropped, as "
              "gensim does).")
 LIMIT_HELP = "Use only the N most frequent words of the vocabulary."
@@ -34,7 +34,7 @@ def _recall_line(space, index, k):
                    "that embeds a dataset given there.")
 @click.option("--embeddings", "-e", default=None,
               help="Search the items of this EmbeddingSet (.parquet) or dataset instead.")
-@click.option("-k", "topn", type=int, default=10, show_default=True)
+@click.option("-k", "topn", type=int, default=10, show_default=True, help="How many answers.")
 @click.option("--index", type=click.Choice(["exact", "ivf", "hnsw"]), default="exact",
               show_default=True, help=INDEX_HELP)
 @click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
@@ -111,7 +111,7 @@ def cosine(a, b, model, embeddings, as_json):
 @click.option("--method", type=click.Choice(["add", "mul"]), default="add", show_default=True,
               help="3CosAdd (vector offset) or 3CosMul (Levy & Goldberg 2014).")
 @click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
-@click.option("-k", "topn", type=int, default=10, show_default=True)
+@click.option("-k", "topn", type=int, default=10, show_default=True, help="How many answers.")
 @click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @json_option
 def analogy(expression, model, method, keep_query_words, topn, limit, as_json):

@@ -85,9 +85,16 @@ class SentenceTransformerBackbone(Backbone):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
-            model = SentenceTransformer(str(self.model_dir), device=self.device,
-                                        local_files_only=True)
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr
+            try:
+                model = SentenceTransformer(str(self.model_dir), device=self.device,
+                                            local_files_only=True)
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
             model.eval()
             if self.device.startswith("cuda") and self.precision in ("bf16", "fp16"):
                 import torch

@@ -133,7 +133,8 @@ class WordVectorBackbone(Backbone):
         return out
 
     def report(self) -> list[str]:
-        notes = self.stats.notes()
+        """Notes on the texts preprocessed since the last report (the extraction summary)."""
+        notes, self.stats = self.stats.notes(), OOVStats()
         if self._probability_source == "zipf":
             notes.append("SIF: word frequencies estimated from the vocabulary's rank order "
                          "(Zipf); these vectors carry no word counts")
