@@ -24,10 +24,9 @@ vocabulary by matrix products, keeping only the candidates that can still reach 
 from __future__ import annotations
 
 import difflib
-import functools
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -171,7 +170,6 @@ class _Term:
     vector: np.ndarray  # unit length, float32
     weight: float
     index: int | None  # row of a key, None for a raw vector
-    label: str
 
 
 class VectorSpace:
@@ -266,7 +264,7 @@ class VectorSpace:
                 item, weight = _split_weight(item, sign)
                 if isinstance(item, str):
                     i = self.index_of(item)
-                    terms.append(_Term(self.unit[i], weight, i, item))
+                    terms.append(_Term(self.unit[i], weight, i))
                 else:
                     v = np.asarray(item, dtype=np.float32)
                     if v.shape != (self.dim,):
@@ -275,7 +273,7 @@ class VectorSpace:
                     norm = np.linalg.norm(v)
                     if norm == 0:
                         raise UsageError("a query vector is all zeros")
-                    terms.append(_Term(v / norm, weight, None, "<vector>"))
+                    terms.append(_Term(v / norm, weight, None))
         if not any(t.weight > 0 for t in terms):
             raise UsageError("a query needs at least one positive key or vector")
         return terms
@@ -317,11 +315,6 @@ class VectorSpace:
         out = [Neighbor(self.keys[r], float(s)) for s, r in zip(scores, rows)
                if r >= 0 and r not in excluded]
         return out[:topn]
-
-    def similarity(self, a, b) -> float:
-        """Cosine between two keys or vectors of this space."""
-        ta, tb = self._terms([a], None)[0], self._terms([b], None)[0]
-        return float(np.dot(ta.vector.astype(np.float64), tb.vector.astype(np.float64)))
 
 
 def _split_weight(item, sign: float):
