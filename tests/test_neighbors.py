@@ -263,6 +263,9 @@ def test_similar_items_of_an_image_embedding_set(digits_small, lite0, store, tmp
     by_path = json.loads(run("similar", str(digits_small / query), "--embeddings", str(saved),
                              "-k", "3", "--json").output)
     assert [n["key"] for n in by_path["neighbors"]] == expected
+    approx = json.loads(run("similar", query, "--embeddings", str(saved), "-k", "3", "--index",
+                            "hnsw", "--json").output)
+    assert approx["index"] == "hnsw" and 0 < approx["recall_at_k"] <= 1
     # a new image (a copy under another name) is embedded with the set's model: its nearest
     # item is the original, at cosine 1
     copy = tmp_path / "new.png"
