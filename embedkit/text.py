@@ -17,7 +17,7 @@ Pooling:
   - `sif` (Arora, Liang & Ma 2017, "A simple but tough-to-beat baseline for sentence
     embeddings"): the average weighted by a / (a + p(w)), a = 1e-3, then the projection on the
     first principal component u removed: v - u u^T v.  p(w) comes from the vectors' own word
-    counts when they carry real ones (word2vec trained here, or a vocabulary file); otherwise it
+    counts when they carry real ones (word2vec trained by embedkit); otherwise it
     is estimated from the frequency rank with Zipf's law, p(rank r) = 1 / (r H_N), which needs
     the vocabulary sorted by frequency (GloVe and word2vec files are).  The paper estimates u
     on the batch being embedded; a cached vector must not depend on its batch, so u is estimated
