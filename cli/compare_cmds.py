@@ -102,7 +102,7 @@ def similarity_command(cli):
         from embedkit.similarity import metric_names, similarity_matrix
 
         names = metric_names(metrics)
-        if len(datasets) < 2 and not any(MEASURES[n].paired for n in names):
+        if len(datasets) < 2:
             raise click.UsageError("give at least two datasets to compare")
         sets = _embed_all(datasets, model, layer, cache)
         options = {"gamma": gamma} if gamma is not None else {}
@@ -175,11 +175,13 @@ def rank_sources_command(cli):
         if as_csv:
             return _emit_csv(rows, columns)
         click.echo(table(rows, columns))
-        best = rows[0]
-        order = "higher" if MEASURES[names[0]].higher_is_more_similar else "lower"
-        click.echo(f"\npick {best['source']}: its {names[0]} to {target_name} is "
-                   f"{best[names[0]]:.4g} ({order} = more similar), the closest of "
-                   f"{len(rows)} candidates")
+        best, metric = rows[0], names[0]
+        order = "higher" if MEASURES[metric].higher_is_more_similar else "lower"
+        runner_up = (f"; next: {rows[1]['source']} at {rows[1][metric]:.4g}"
+                     if len(rows) > 1 else "")
+        click.echo(f"\npick {best['source']}: the closest to {target_name} of {len(rows)} "
+                   f"candidates by {metric} ({best[metric]:.4g}, {order} = more similar"
+                   f"{runner_up})")
 
 
 # -- rank-models -------------------------------------------------------------------------------

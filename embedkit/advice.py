@@ -139,16 +139,17 @@ def _next_steps(target: str, model: str, small: bool, similar: bool,
     lower = lower_layer(model) if not similar else None
     layer = f" --layer {lower}" if lower else ""
     if similar:
-        command = f"embedkit train {t} --model {model} --classifier logreg"
+        command = f"embedkit train {t} --model {model} --classifier logreg -o model.skops"
     else:
-        command = f"embedkit train {t} --model {model}{layer} --classifier svm-rbf"
+        command = (f"embedkit train {t} --model {model}{layer} --classifier svm-rbf "
+                   "-o model.skops")
     also = []
     if not labelled:
         also.append("the target has no labels: label it (class subfolders or a manifest "
                     "column) before training")
     if not similar and lower:
         also.append(f"check which layer: embedkit rank-models {t} --models {model} "
-                    f"--layers {lower},pre_logits --metric holdout-probe --validate")
+                    f"--layers {lower},pre_logits --metric logme --validate")
     if not small:
         also.append("fine-tuning is outside embedkit (frozen features only): use the command "
                     "above as the baseline a fine-tuned network must beat")

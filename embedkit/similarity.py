@@ -107,9 +107,7 @@ def class_means(x, labels=None, n_clusters: int = EMD_CLUSTERS, seed: int = 0):
         how = f"k-means ({k} clusters)"
     names, index, counts = np.unique(np.asarray(labels).astype(str), return_inverse=True,
                                      return_counts=True)
-    means = np.zeros((len(names), a.shape[1]))
-    np.add.at(means, index, a)
-    means /= counts[:, None]
+    means = (np.eye(len(names))[index].T @ a) / counts[:, None]
     return means, counts / counts.sum(), how
 
 

@@ -36,7 +36,8 @@ def test_each_quadrant_of_the_rule(n, direction, small, similar, strategy, flags
     advice = advise(target, SOURCE, small_below=25)  # 10 vs 30 items per class
     assert (advice.small, advice.similar) == (small, similar)
     assert strategy in advice.strategy
-    assert advice.command == f"embedkit train /data/target --model efficientnet_lite0 {flags}"
+    assert advice.command == (f"embedkit train /data/target --model efficientnet_lite0 {flags} "
+                              "-o model.skops")
     assert advice.items == n and advice.classes == 2 and advice.items_per_class == n / 2
     expected = float(target.vectors.astype(float).mean(0) @ SOURCE.vectors.astype(float).mean(0)
                      / np.linalg.norm(target.vectors.astype(float).mean(0))
@@ -72,4 +73,5 @@ def test_advise_on_real_digits(digits_small, tmp_path):
     advice = json.loads(result.stdout)
     assert advice["similarity"] > SIMILAR_ABOVE and advice["similar"]
     assert advice["small"] and advice["items_per_class"] == 4
-    assert advice["command"].endswith("--model efficientnet_lite0 --classifier logreg")
+    assert advice["command"].endswith("--model efficientnet_lite0 --classifier logreg "
+                                      "-o model.skops")

@@ -225,3 +225,32 @@ def test_rank_models_on_real_digits(digits_small, tmp_path):
     data = json.loads(result.stdout)
     assert data["ranking"][0]["logme"] == pytest.approx(rows["efficientnet_lite0@pre_logits"]["logme"])
     assert data["ranking"][0]["leep"] is None and "not applicable" in data["notes"][0]
+
+
+@pytest.mark.parametrize("n,d", [(50, 7), (12, 30)])
+def test_ledoit_wolf_shrinkage_matches_scikit_learn(n, d):
+    from sklearn.covariance import ledoit_wolf_shrinkage as reference
+
+    from embedkit.transfer import ledoit_wolf_shrinkage, thin_eigh
+
+    rng = np.random.default_rng(d)
+    f = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+    f -= f.mean(0)
+    ours = ledoit_wolf_shrinkage(f, thin_eigh(f)[0] / n)
+    assert ours == pytest.approx(reference(f, assume_centered=True), rel=1e-9)
+
+
+def test_candidates_that_cannot_be_built_are_skipped_with_a_note(digits_small, tmp_path):
+    from embedkit.errors import NotFoundError
+
+    rng = np.random.default_rng(11)
+    f, y = class_features(rng, 30, 5)
+    saved = EmbeddingSet([f"i{i}" for i in range(30)], f, {"label": y.astype(str)},
+                         {"model": "probe", "layer": "x"}).save(tmp_path / "probe.parquet")
+    ranking = rank_models(str(digits_small), [str(saved), "no_such_model@pre_logits"],
+                          metrics="logme")
+    assert [r["candidate"] for r in ranking.rows] == ["probe.parquet"]
+    assert ranking.rows[0]["logme"] == pytest.approx(logme(f.astype(np.float32), y))
+    assert "no_such_model@pre_logits skipped" in ranking.notes[0]
+    with pytest.raises(NotFoundError, match="no candidate"):
+        rank_models(str(digits_small), ["no_such_model"], metrics="logme")
