@@ -38,6 +38,19 @@ STEPS: list[tuple[str, list[str]]] = [
     ("Predict raw images end to end",
      ["predict", f"{OUT}/digits-svm.skops", f"{OUT}/digits-test",
       "-o", f"{OUT}/predictions.csv"]),
+    ("Candidate sources: digits 0-4, animal silhouettes, faces (bundled)",
+     ["datasets", "export", "digits-source", f"{OUT}/digits-source", "--per-class", "10"]),
+    ("", ["datasets", "export", "animal-shape", f"{OUT}/animal-shape", "--per-class", "5"]),
+    ("", ["datasets", "export", "lfw-subset", f"{OUT}/lfw-subset", "--per-class", "25"]),
+    ("Pick the source most similar to the target (mean embeddings, the seed method, and EMD)",
+     ["rank-sources", f"{OUT}/digits-train", "--sources", f"{OUT}/digits-source",
+      f"{OUT}/animal-shape", f"{OUT}/lfw-subset", "--model", "efficientnet_lite0",
+      "--metric", "cosine-mean", "--metric", "emd"]),
+    ("All pairwise similarities, saved as a heatmap",
+     ["similarity", f"{OUT}/digits-train", f"{OUT}/digits-source", f"{OUT}/animal-shape",
+      f"{OUT}/lfw-subset", "--heatmap", f"{OUT}/similarity.png"]),
+    ("The rule of thumb: how to transfer from that source",
+     ["advise", f"{OUT}/digits-train", "--source", f"{OUT}/digits-source"]),
 ]
 
 

@@ -23,7 +23,8 @@ def heatmap(matrix, row_labels, col_labels, path, title: str = "", fmt: str = ".
     plt = _pyplot()
     matrix = np.asarray(matrix, dtype=float)
     n_rows, n_cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * n_cols, 1.0 + 0.6 * n_rows))
+    width = max(1.2 + 0.7 * n_cols, 1.0 + 0.09 * len(title))  # room for the whole title
+    fig, ax = plt.subplots(figsize=(width, 1.0 + 0.6 * n_rows))
     im = ax.imshow(matrix, cmap=cmap)
     ax.set_xticks(range(n_cols), [str(c) for c in col_labels], rotation=45, ha="right")
     ax.set_yticks(range(n_rows), [str(r) for r in row_labels])
