@@ -66,8 +66,9 @@ def model_options(f):
                      help="Backbone name (embedkit models); default efficientnet_lite0 for "
                           "images, glove-6b-50d for text."),
         click.option("--layer", default=None, help="Layer to read (embedkit layers MODEL)."),
-        click.option("--pool", type=click.Choice(["avg", "max", "gem", "flatten"]), default=None,
-                     help="Pooling of block layers (default avg)."),
+        click.option("--pool", default=None,
+                     help="Image block layers: avg (default), max, gem, flatten. "
+                          "Word vectors: mean (default), sif."),
         click.option("--normalize", is_flag=True, default=False, help="L2-normalise vectors."),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="Explicit weights file for the model."),

@@ -119,6 +119,8 @@ def datasets_export(name, folder, per_class, skip):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Save the EmbeddingSet (.parquet; .npy / .csv export vectors).")
 @click.option("--label", default=None, help="Primary label column of a manifest.")
+@click.option("--limit", type=int, default=None,
+              help="Word vectors: keep only the N most frequent words.")
 @click.option("--batch-size", "-b", type=int, default=32, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
@@ -128,8 +130,8 @@ def datasets_export(name, folder, per_class, skip):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @cache_option
 @json_option
-def extract(dataset, model, layer, pool, normalize, weights, output, label, batch_size, device,
-            precision, workers, strict, quiet, cache, as_json):
+def extract(dataset, model, layer, pool, normalize, weights, output, label, limit, batch_size,
+            device, precision, workers, strict, quiet, cache, as_json):
     """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
 
     \b
@@ -137,6 +139,10 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, batc
     """
     import embedkit
 
+    if limit is not None:  # a backbone option only word vectors take
+        model = embedkit.create_backbone(model or "glove-6b-50d", layer=layer, pool=pool,
+                                         normalize=normalize or None, weights=weights,
+                                         limit=limit)
     result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
                               weights=weights, cache=cache, batch_size=batch_size, device=device,
                               precision=precision, workers=workers,
