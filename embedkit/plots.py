@@ -16,6 +16,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def heatmap(matrix, row_labels, col_labels, path, title: str = "", fmt: str = ".2f",
             cmap: str = "viridis", xlabel: str = "", ylabel: str = "") -> Path:
     """A labelled matrix with each value written in its cell (similarity matrices, confusion
@@ -41,12 +51,7 @@ def heatmap(matrix, row_labels, col_labels, path, title: str = "", fmt: str = ".
         ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix_png(report: dict, path, title: str = "") -> Path:
@@ -118,9 +123,4 @@ def embedding_map(es, path, method: str = "pca", label: str | None = None, seed:
                           f"{len(es)} items, {method.upper()}")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
