@@ -57,7 +57,10 @@ class SentenceTransformerBackbone(Backbone):
     @property
     def dim(self) -> int:
         if self._model is not None:
-            return int(self._model.get_sentence_embedding_dimension())
+            model = self._model  # sentence-transformers >= 6 renamed the method
+            get = getattr(model, "get_embedding_dimension", None) or \
+                model.get_sentence_embedding_dimension
+            return int(get())
         import json
 
         if self.model_dir is None:
