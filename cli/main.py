@@ -153,7 +153,7 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, limi
     if as_json:
         return emit_json({**summary.as_dict(), "output": output, "dim": result.dim,
                           "model": result.meta["model"]})
-    click.echo(str(summary), err=not output and False)
+    click.echo(str(summary))
     if output:
         click.echo(f"saved {len(result)} x {result.dim} ({result.meta['model']}, layer "
                    f"{result.meta['layer']}) to {output}")
