@@ -138,7 +138,10 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, limi
     Example: embedkit extract ./digits --model efficientnet_lite0 -o digits.parquet
     """
     import embedkit
+    from embedkit.embeddings import check_output_suffix
 
+    if output:
+        check_output_suffix(output)
     if limit is not None:  # a backbone option only word vectors take
         model = embedkit.create_backbone(model or "glove-6b-50d", layer=layer, pool=pool,
                                          normalize=normalize or None, weights=weights,

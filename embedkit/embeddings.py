@@ -57,7 +57,7 @@ class EmbeddingSet:
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Save as .parquet (default), or export vectors to .npy / .csv."""
-        path = Path(path)
+        path = check_output_suffix(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         suffix = path.suffix.lower()
         if suffix == ".npy":
@@ -65,8 +65,6 @@ class EmbeddingSet:
             return path
         if suffix == ".csv":
             return self._save_csv(path)
-        if suffix != ".parquet":
-            raise UsageError(f"{path}: save embeddings as .parquet, .npy or .csv")
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -96,6 +94,17 @@ class EmbeddingSet:
         return path
 
 
+SAVE_SUFFIXES = (".parquet", ".npy", ".csv")
+
+
+def check_output_suffix(path) -> Path:
+    """The path, if embeddings can be saved there (checked before any work is done)."""
+    path = Path(path)
+    if path.suffix.lower() not in SAVE_SUFFIXES:
+        raise UsageError(f"{path}: save embeddings as .parquet, .npy or .csv")
+    return path
+
+
 def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     """Load an EmbeddingSet saved with `EmbeddingSet.save` / `embedkit extract -o`."""
     import pyarrow.parquet as pq
@@ -107,13 +116,13 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
         table = pq.read_table(path)
         raw = json.loads((table.schema.metadata or {}).get(b"embedkit", b"{}"))
         column = table.column("vector").combine_chunks()
+        dim = column.type.list_size
+        vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        labels = {name: np.asarray(table.column(f"label:{name}").to_pylist(), dtype=object)
+                  for name in raw.get("labels", [])}
     except Exception as exc:
         raise UsageError(f"{path}: not an embedkit embeddings file ({type(exc).__name__}); "
                          "create one with: embedkit extract DATASET -o FILE.parquet") from None
-    dim = column.type.list_size
-    vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-    labels = {name: np.asarray(table.column(f"label:{name}").to_pylist(), dtype=object)
-              for name in raw.get("labels", [])}
     return EmbeddingSet(table.column("id").to_pylist(), vectors, labels, raw.get("meta", {}))
 
 

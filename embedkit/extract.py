@@ -58,8 +58,16 @@ def pick_device(device: str = "auto") -> str:
     import torch
 
     if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            kind = torch.device(device).type
+        except RuntimeError:
+            raise UsageError(f"--device {device}: not a device; use auto, cpu, cuda, cuda:N "
+                             "or mps") from None
+        if kind == "cuda" and not torch.cuda.is_available():
             raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        if kind == "mps" and not (getattr(torch.backends, "mps", None)
+                                  and torch.backends.mps.is_available()):
+            raise UsageError(f"--device {device}: MPS is not available on this machine")
         return device
     if torch.cuda.is_available():
         return "cuda"
@@ -117,18 +125,21 @@ def _progress(total: int, enabled: bool | None, unit: str):
 
 
 def content_keys(dataset: Dataset, store: Store) -> tuple[list[str | None], list[tuple[str, str]]]:
-    """sha256 per item (None where unreadable) and the (id, reason) of unreadable items."""
+    """sha256 per item (None where unusable) and the (id, reason) of the unusable items."""
+    usable = [it for it in dataset.items if it.error is None]
     if dataset.modality == "text":
-        return [text_sha256(it.text) for it in dataset.items], []
-    hashes = store.file_hashes([it.path for it in dataset.items])
+        hashes = {id(it): text_sha256(it.text) for it in usable}
+    else:
+        by_path = store.file_hashes([it.path for it in usable])
+        hashes = {id(it): by_path[it.path] for it in usable}
     keys, bad = [], []
     for it in dataset.items:
-        h = hashes[it.path]
-        if isinstance(h, Exception):
-            keys.append(None)
-            bad.append((it.id, f"{it.path}: cannot read ({h.strerror or h})"))
-        else:
+        h = hashes.get(id(it))
+        if isinstance(h, str):
             keys.append(h)
+            continue
+        keys.append(None)
+        bad.append((it.id, it.error or f"{it.path}: cannot read ({h.strerror or h})"))
     return keys, bad
 
 
@@ -152,6 +163,8 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
                          f"{ds.modality}s; pick a {ds.modality} model (embedkit models)")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 or more, not {workers}")
     dev = pick_device(device)
     backbone.to(dev, pick_precision(precision, dev))
     store = cache if isinstance(cache, Store) else Store(cache)

@@ -21,7 +21,7 @@ from .errors import BadInputError, NotFoundError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEXT_SUFFIXES = {".txt"}
-MANIFEST_SUFFIXES = {".csv", ".jsonl", ".json"}
+MANIFEST_SUFFIXES = {".csv", ".jsonl"}
 #: Decompression-bomb guard: images with more pixels than this are refused.
 MAX_PIXELS = 64_000_000
 PATH_COLUMNS = ("path", "file", "filename", "image")
@@ -34,6 +34,7 @@ class Item:
     path: str | None = None
     text: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # why the item cannot be used (a manifest row without data)
 
     def content_bytes(self) -> bytes:
         if self.text is not None:
@@ -114,9 +115,13 @@ def _read_manifest(path: Path) -> list[dict]:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise BadInputError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                    if not isinstance(row, dict):
+                        raise BadInputError(f"{path}:{lineno}: each line must be a JSON object "
+                                            '(JSON Lines), e.g. {"path": "a.jpg", "label": "cat"}')
+                    rows.append(row)
         return rows
     except UnicodeDecodeError:
         raise BadInputError(f"{path}: not UTF-8 text") from None
@@ -138,12 +143,16 @@ def _from_manifest(path: Path, label: str | None) -> Dataset:
     items = []
     for i, row in enumerate(rows):
         labels = {c: str(row[c]) for c in label_names if row.get(c) not in (None, "")}
-        if path_col:
-            rel = str(row[path_col])
+        value = row.get(data_col)
+        if value in (None, ""):  # reported and skipped by the extractor, never "None"
+            items.append(Item(str(row.get("id") or i + 1), labels=labels,
+                              error=f"{path}: row {i + 1} has no '{data_col}' value"))
+        elif path_col:
+            rel = str(value)
             full = rel if os.path.isabs(rel) else str(path.parent / rel)
             items.append(Item(str(row.get("id") or rel), path=full, labels=labels))
         else:
-            items.append(Item(str(row.get("id") or i), text=str(row[text_col]), labels=labels))
+            items.append(Item(str(row.get("id") or i), text=str(value), labels=labels))
     return Dataset(str(path.parent), "image" if path_col else "text", items, label_names)
 
 
@@ -158,10 +167,10 @@ def _order_labels(columns: list[str], label: str | None, where) -> list[str]:
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 
 
-def _from_folder(root: Path) -> Dataset:
+def _from_folder(root: Path, label: str | None = None) -> Dataset:
     for name in MANIFEST_NAMES:  # a folder that carries its own manifest is that manifest
         if (root / name).is_file():
-            return _from_manifest(root / name, None)
+            return _from_manifest(root / name, label)
     files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
@@ -201,7 +210,7 @@ def open_dataset(spec, label: str | None = None) -> Dataset:
         return from_list(spec)
     path = Path(os.path.expanduser(str(spec)))
     if path.is_dir():
-        ds = _from_folder(path)
+        ds = _from_folder(path, label)
     elif path.is_file():
         suffix = path.suffix.lower()
         if suffix in MANIFEST_SUFFIXES:
@@ -219,7 +228,7 @@ def open_dataset(spec, label: str | None = None) -> Dataset:
             return open_dataset(samples.export(str(spec)), label)
         raise NotFoundError(f"{spec}: no such file, folder or bundled dataset "
                             "(see: embedkit datasets list)")
-    if label is not None and label not in ds.label_names:
+    if label is not None and ds.label_names[:1] != [label]:
         raise UsageError(f"{spec}: folder datasets have one label column, 'label'")
     return ds
 

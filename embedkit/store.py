@@ -170,12 +170,15 @@ class Store:
             self._index_shard(path.name, fp, contents, vectors.shape[1])
         return len(new)
 
-    def _index_shard(self, name: str, fingerprint: str, contents: list[str], dim: int):
+    def _index_shard(self, name: str, fingerprint: str, contents: list[str], dim: int,
+                     replace: bool = False):
+        """Index a shard's rows.  `replace` (a freshly computed shard) repoints keys whose old
+        shard is damaged; absorbing a shard found on disk never overrides what is indexed."""
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?, ?)",
                              (name, fingerprint, dim, len(contents), time.time()))
             self._db.executemany(
-                "INSERT OR IGNORE INTO vectors VALUES (?, ?, ?, ?)",
+                f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO vectors VALUES (?, ?, ?, ?)",
                 ((fingerprint, c, name, i) for i, c in enumerate(contents)))
 
     def _transaction(self):
@@ -260,7 +263,8 @@ class Store:
         """Write one shard and index it; returns the shard name."""
         name = f"{fingerprint[:16]}-{uuid.uuid4().hex}{SHARD_SUFFIX}"
         write_shard(self.shard_dir / name, fingerprint, contents, ids, vectors)
-        self._index_shard(name, fingerprint, list(contents), np.asarray(vectors).shape[1])
+        self._index_shard(name, fingerprint, list(contents), np.asarray(vectors).shape[1],
+                          replace=True)
         return name
 
     # -- maintenance ------------------------------------------------------------------------
@@ -338,7 +342,11 @@ class Store:
                 continue
             live = {}  # content -> (id, vector), only rows the index still points at
             for name in small:
-                contents, ids, vectors, _ = read_shard(self.shard_dir / name)
+                try:
+                    contents, ids, vectors, _ = read_shard(self.shard_dir / name)
+                except Exception:
+                    raise StoreError(f"shard {name} is unreadable; run: embedkit cache verify "
+                                     "--repair, then compact again") from None
                 pointed = {r[0]: r[1] for r in self._db.execute(
                     "SELECT content, row FROM vectors WHERE shard = ?", (name,))}
                 for c, i, v in zip(contents, ids, vectors):

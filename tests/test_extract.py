@@ -140,3 +140,10 @@ def test_sigkill_mid_run_loses_only_the_unflushed_buffer(tmp_path):
     rerun = embedkit.extract(data, "efficientnet_lite0", cache=cache, progress=False, workers=0)
     assert rerun.summary.cache_hits == stored
     assert rerun.summary.computed == 25 - stored and len(rerun) == 25
+
+
+def test_bad_device_and_workers_are_usage_errors(digits_small):
+    with pytest.raises(UsageError, match="not a device"):
+        embedkit.extract(digits_small, device="foo", progress=False)
+    with pytest.raises(UsageError, match="workers"):
+        embedkit.extract(digits_small, workers=-1, progress=False)

@@ -155,3 +155,20 @@ def test_restricted_unpickler_refuses_anything_but_numpy(tmp_path):
         samples.load_numpy_pickle(path)
     images, labels = samples.animal_shape_arrays()
     assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_manifest_rows_without_data_and_non_object_lines(tmp_path):
+    import embedkit
+
+    (tmp_path / "t.jsonl").write_text('{"text": "hello world", "label": "a"}\n{"text": null}\n')
+    es = embedkit.extract(tmp_path / "t.jsonl", progress=False)
+    assert len(es) == 1 and "row 2 has no 'text' value" in es.summary.skipped[0][1]
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n[1, 2]\n')
+    with pytest.raises(BadInputError, match="bad.jsonl:2: each line must be a JSON object"):
+        open_dataset(tmp_path / "bad.jsonl")
+
+
+def test_label_option_picks_the_primary_column_of_a_folder_manifest(tmp_path, digits_small):
+    f = sorted(digits_small.rglob("*.png"))[0]
+    (tmp_path / "manifest.csv").write_text(f"path,label,split\n{f},5,train\n")
+    assert open_dataset(tmp_path, label="split").label_names == ["split", "label"]

@@ -132,7 +132,12 @@ def test_compact_merges_without_changing_any_vector(store):
     vecs = _vectors(9)
     for i in range(9):
         store.publish(FP, [f"c{i}"], [f"id{i}"], vecs[i:i + 1])
-    store.publish(FP, ["c0"], ["dup"], _vectors(1, seed=9))  # a duplicate row, not indexed
+    from embedkit.store import write_shard
+
+    # a duplicate row found on disk (e.g. left by a crashed compaction): absorbed, not indexed
+    write_shard(store.shard_dir / f"{FP[:16]}-dup.parquet", FP, ["c0"], ["dup"],
+                _vectors(1, seed=9))
+    store.absorb()
     assert store.compact() == (10, 1)
     got = store.get_many(FP, [f"c{i}" for i in range(9)])
     np.testing.assert_array_equal(np.stack([got[f"c{i}"] for i in range(9)]), vecs)
@@ -171,3 +176,18 @@ def test_concurrent_writers_never_corrupt(tmp_path):
         keys = [f"{t}{i}" for t in "abc" for i in range(40)]
         got = s.get_many(FP, keys)
         assert len(got) == 120 and got["b17"].tolist() == [17.0] * 4
+
+
+def test_a_damaged_shard_is_healed_by_recomputing(store):
+    name = store.publish(FP, ["a", "b"], ["a", "b"], _vectors(2))
+    (store.shard_dir / name).write_bytes(b"garbage")
+    assert store.get_many(FP, ["a", "b"]) == {}, "a damaged shard reads as a miss"
+    from embedkit.errors import StoreError
+
+    store.publish(FP, ["x"], ["x"], _vectors(1))
+    with pytest.raises(StoreError, match="verify --repair"):
+        store.compact()
+    fresh = _vectors(2, seed=5)
+    store.publish(FP, ["a", "b"], ["a", "b"], fresh)  # the rerun's recomputed vectors
+    got = store.get_many(FP, ["a", "b"])
+    np.testing.assert_array_equal(np.stack([got["a"], got["b"]]), fresh)
