@@ -418,6 +418,9 @@ def set_query(emb, query: str):
         rel = os.path.relpath(os.path.abspath(query), root).replace(os.sep, "/")
         if rel in set(emb.ids):
             return rel
+    if emb.meta.get("modality") == "image" and not os.path.isfile(query):
+        raise NotFoundError(f"'{query}' is neither an id of the set nor an image file; "
+                            f"ids look like '{emb.ids[0]}'")
     return embed_like(emb, [query])[0]
 
 
