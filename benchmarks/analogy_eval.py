@@ -21,17 +21,9 @@ import time
 
 
 def sample_file(per_section: int) -> str:
-    from embedkit.neighbors import default_test_file
+    from embedkit.neighbors import analogy_sample_lines
 
-    lines, kept = [], 0
-    with open(default_test_file("questions-words.txt"), encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(": "):
-                lines.append(line)
-                kept = 0
-            elif kept < per_section:
-                lines.append(line)
-                kept += 1
+    lines = analogy_sample_lines(per_section)
     fd, path = tempfile.mkstemp(suffix=".txt", prefix="analogies-")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("".join(lines))

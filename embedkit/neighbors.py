@@ -612,6 +612,21 @@ def default_test_file(name: str) -> str:
     return datapath(name)
 
 
+def analogy_sample_lines(per_section: int, path: str | None = None) -> list[str]:
+    """The lines of an analogy file (default: the Google set) cut to the first `per_section`
+    questions of each section, section headers kept: a quick, representative subset."""
+    lines, kept = [], 0
+    with open(path or default_test_file("questions-words.txt"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(": "):
+                lines.append(line)
+                kept = 0
+            elif kept < per_section:
+                lines.append(line)
+                kept += 1
+    return lines
+
+
 def _restricted_vocab(space: VectorSpace, n: int, case_insensitive: bool):
     """gensim's `ok_vocab` for the first `n` keys: folded key (upper-cased) -> row of its first
     occurrence; and the folded keys by row."""

@@ -173,15 +173,9 @@ def test_blockwise_topk_is_exact_with_exclusions():
 
 def _analogy_sample(folder, per_section: int) -> str:
     """The Google analogy set cut to `per_section` questions in each of its 14 sections."""
-    lines, kept = [], 0
-    with open(datapath("questions-words.txt"), encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(": "):
-                lines.append(line)
-                kept = 0
-            elif kept < per_section:
-                lines.append(line)
-                kept += 1
+    from embedkit.neighbors import analogy_sample_lines
+
+    lines = analogy_sample_lines(per_section)
     path = folder / f"sample-{per_section}.txt"
     path.write_text("".join(lines) + "capital-world typo-line\n", encoding="utf-8")
     return str(path)
