@@ -68,9 +68,10 @@ class EmbeddingSet:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        flat = pa.array(self.vectors.reshape(-1), type=pa.float32())
+        from .store import vector_column
+
         columns = {"id": pa.array(self.ids, type=pa.string()),
-                   "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim)}
+                   "vector": vector_column(self.vectors)}
         for name, values in self.label_columns.items():
             columns[f"label:{name}"] = pa.array([None if v is None else str(v) for v in values],
                                                 type=pa.string())
@@ -109,15 +110,15 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
     """Load an EmbeddingSet saved with `EmbeddingSet.save` / `embedkit extract -o`."""
     import pyarrow.parquet as pq
 
+    from .store import column_vectors
+
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"{path}: no such embeddings file")
     try:
         table = pq.read_table(path)
         raw = json.loads((table.schema.metadata or {}).get(b"embedkit", b"{}"))
-        column = table.column("vector").combine_chunks()
-        dim = column.type.list_size
-        vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+        vectors = column_vectors(table.column("vector"))
         labels = {name: np.asarray(table.column(f"label:{name}").to_pylist(), dtype=object)
                   for name in raw.get("labels", [])}
     except Exception as exc:

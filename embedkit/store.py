@@ -70,17 +70,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def vector_column(vectors: np.ndarray):
+    """float32 [n, d] -> an Arrow fixed_size_list<float32>[d] column (shards and saved sets)."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def column_vectors(column) -> np.ndarray:
+    """The inverse of `vector_column`: float32 [n, d] from a fixed_size_list column."""
+    column = column.combine_chunks()
+    flat = column.values.to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, column.type.list_size).astype(np.float32, copy=False)
+
+
 def read_shard(path: Path):
     """(contents, ids, vectors [n, dim] float32, fingerprint) of one shard file."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     meta = json.loads(table.schema.metadata[b"embedkit"])
-    column = table.column("vector").combine_chunks()
-    dim = int(meta["dim"])
-    vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
     return (table.column("content").to_pylist(), table.column("id").to_pylist(),
-            vectors.astype(np.float32, copy=False), meta["fingerprint"])
+            column_vectors(table.column("vector")), meta["fingerprint"])
 
 
 def write_shard(path: Path, fingerprint: str, contents, ids, vectors: np.ndarray):
@@ -88,15 +101,13 @@ def write_shard(path: Path, fingerprint: str, contents, ids, vectors: np.ndarray
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    column = vector_column(vectors)
     table = pa.table({
         "content": pa.array(list(contents), type=pa.string()),
         "id": pa.array([str(i) for i in ids], type=pa.string()),
-        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "vector": column,
     })
-    meta = {"fingerprint": fingerprint, "dim": dim, "format": 1}
+    meta = {"fingerprint": fingerprint, "dim": column.type.list_size, "format": 1}
     table = table.replace_schema_metadata({b"embedkit": json.dumps(meta).encode()})
     tmp = path.parent / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{SHARD_SUFFIX}"
     pq.write_table(table, tmp)
