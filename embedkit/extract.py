@@ -188,9 +188,8 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,
                                  workers, progress, strict, dev)
         found.update(computed)
-        bad_keys = {k for k, _ in bad}
-        skipped += [(it.id, reason) for it, key in zip(ds.items, keys)
-                    for k, reason in bad if key == k and k in bad_keys]
+        reasons = dict(bad)  # content key -> why it failed; every item with that content skips
+        skipped += [(it.id, reasons[key]) for it, key in zip(ds.items, keys) if key in reasons]
         summary.computed = sum(1 for k in keys if k in computed)
 
     rows = [i for i, k in enumerate(keys) if k and k in found]
