@@ -20,11 +20,22 @@ class EmbedkitGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:  # disk full, permissions, a file that vanished mid-run
-            click.echo(f"error: {exc.filename or ''}: {exc.strerror or exc}", err=True)
+            click.echo(f"error: {os_error_line(exc)}", err=True)
             sys.exit(1)
+        except RecursionError:
+            click.echo("error: input nested too deeply to read (RecursionError)", err=True)
+            sys.exit(5)
         except KeyboardInterrupt:
             click.echo("interrupted: everything flushed so far stays in the cache", err=True)
             sys.exit(130)
+
+
+def os_error_line(exc: OSError) -> str:
+    """'FILE: reason' for an OSError, or just the reason when it names no file."""
+    from embedkit.files import display_name
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{display_name(str(exc.filename))}: {reason}" if exc.filename else reason
 
 
 def emit_json(data):

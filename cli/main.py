@@ -119,6 +119,8 @@ def datasets_export(name, folder, per_class, skip):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Save the EmbeddingSet (.parquet; .npy / .csv export vectors).")
 @click.option("--label", default=None, help="Primary label column of a manifest.")
+@click.option("--within", type=click.Path(file_okay=False), default=None,
+              help="Refuse manifest paths that resolve outside this folder.")
 @click.option("--limit", type=int, default=None,
               help="Word vectors: keep only the N most frequent words.")
 @click.option("--batch-size", "-b", type=int, default=32, show_default=True)
@@ -130,8 +132,8 @@ def datasets_export(name, folder, per_class, skip):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @cache_option
 @json_option
-def extract(dataset, model, layer, pool, normalize, weights, output, label, limit, batch_size,
-            device, precision, workers, strict, quiet, cache, as_json):
+def extract(dataset, model, layer, pool, normalize, weights, output, label, within, limit,
+            batch_size, device, precision, workers, strict, quiet, cache, as_json):
     """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
 
     \b
@@ -149,7 +151,8 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, limi
     result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
                               weights=weights, cache=cache, batch_size=batch_size, device=device,
                               precision=precision, workers=workers,
-                              progress=False if quiet else None, strict=strict, label=label)
+                              progress=False if quiet else None, strict=strict, label=label,
+                              within=within)
     if output:
         result.save(output)
     summary = result.summary
@@ -187,19 +190,44 @@ def cache_info(cache, as_json):
 
 
 @cache.command("verify")
-@click.option("--repair", is_flag=True, help="Move damaged shards aside and rebuild the index.")
+@click.option("--repair", is_flag=True,
+              help="Quarantine damaged shards (shards/damaged/); the next run recomputes their items.")
+@click.option("--deep", type=int, default=None, metavar="N",
+              help="Also recompute N random cached items with their backbones and compare.")
+@click.option("--device", default="auto", show_default=True, help="Device for --deep.")
 @cache_option
-def cache_verify(repair, cache):
-    """Check every shard against the index; exit 6 if anything is wrong."""
+def cache_verify(repair, deep, device, cache):
+    """Re-hash every shard against the checksum recorded when it was published; exit 6 if
+    anything is wrong.
+
+    \b
+    Example: embedkit cache verify --deep 20
+    """
     from embedkit.errors import StoreError
     from embedkit.store import Store
 
-    problems = Store(cache).verify(repair=repair)
+    store = Store(cache)
+    problems = store.verify(repair=repair)
     for p in problems:
         click.echo(f"problem: {p}", err=True)
     if problems and not repair:
         raise StoreError(f"{len(problems)} problem(s); run: embedkit cache verify --repair")
-    click.echo("repaired: index rebuilt from the shards" if problems else "ok")
+    click.echo("repaired: damaged shards quarantined, their items will be recomputed"
+               if problems else "ok: every shard matches its checksum")
+    if deep is not None:
+        from embedkit.extract import verify_deep
+
+        report = verify_deep(store, deep, device=device)
+        for line in report.unchecked:
+            click.echo(f"not checked: {line}", err=True)
+        for line in report.mismatches:
+            click.echo(f"mismatch: {line}", err=True)
+        click.echo(f"deep: {report.agreed} of {report.checked} recomputed items agree"
+                   + (f"; {len(report.unchecked)} not checkable" if report.unchecked else ""))
+        if report.mismatches:
+            raise StoreError(f"{len(report.mismatches)} cached vector(s) differ from a "
+                             "recomputation; run: embedkit cache clear --fingerprint FP for "
+                             "that model")
 
 
 @cache.command("compact")

@@ -143,27 +143,27 @@ class AugmentedBackbone(Backbone):
         return fingerprint_of(base=self.base.fingerprint(), augment=asdict(self.spec),
                               view=self.view, seed=self.seed)
 
-    def augmented_image(self, path: str):
-        """The deterministic augmented image: the random draws depend on the pixels (the same
-        content as the cache key), the seed and the view, never on the file name."""
+    def augmented_image(self, source):
+        """The deterministic augmented image of `source` (an Item or a path): the random draws
+        depend on the pixels (the same content as the cache key), the seed and the view, never
+        on the file name."""
         from .inputs import load_image
 
-        image = load_image(path)
+        image = load_image(source)
         digest = hashlib.sha256(image.tobytes() + f"|{image.size}|{self.seed}|{self.view}"
                                 .encode()).digest()
         return self.spec.apply(image, np.random.default_rng(int.from_bytes(digest[:8], "little")))
 
     def preprocess(self, item):
-        image = self.augmented_image(item.path)
+        image = self.augmented_image(item)
         preprocessing = getattr(self.base, "preprocessing", None)
         if callable(preprocessing):  # torch image backbones: weights' preprocessing of a PIL image
             return preprocessing(image)
-        from .inputs import Item  # any other image backbone reads the augmented image as a file
+        from .inputs import Item  # any other image backbone reads the augmented image's bytes
 
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        buffer.seek(0)
-        return self.base.preprocess(Item(item.id, path=buffer, labels=item.labels))
+        return self.base.preprocess(Item(item.id, data=buffer.getvalue(), labels=item.labels))
 
     def collate(self, samples):
         return self.base.collate(samples)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError, NotFoundError
+from .errors import BadWeights, NotFoundError, UsageError
 
 #: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
 VECTOR_FORMAT_VERSION = 1
@@ -44,6 +44,9 @@ class Backbone(ABC):
     name: str
     modality: str  # "image" | "text"
     family: str = ""
+    #: How the registry built this backbone ({"name": ..., "options": {...}}), so a cached
+    #: vector can be recomputed later (`embedkit cache verify --deep`); None if built by hand.
+    creation: dict | None = None
 
     @property
     @abstractmethod
@@ -101,6 +104,47 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_state_dict_file(path: str) -> dict:
+    """Weights from a .safetensors or .pth/.bin file, never unpickling arbitrary objects
+    (`torch.load(weights_only=True)`).  A file that is not a plain weights checkpoint is refused
+    in one line naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(path)
+            except Exception as exc:  # SafetensorError and friends: one line, naming the file
+                raise ValueError(_first_line(exc)) from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        if exc.errno:
+            raise BadWeights(f"{path}: cannot read the weights file ({exc.strerror})") from None
+        raise BadWeights(f"{path}: refused: not a readable weights file; {_first_line(exc)}") \
+            from None
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as exc:
+        raise BadWeights(
+            f"{path}: refused: not a plain weights checkpoint (embedkit loads weights only "
+            f"with torch.load(weights_only=True) or safetensors, never arbitrary pickled "
+            f"objects); {_first_line(exc)}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BadWeights(f"{path}: refused: holds a {type(state).__name__}, not a state dict "
+                         "of tensors")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def file_sha256(path: str) -> str:
@@ -318,7 +362,11 @@ class TorchImageBackbone(Backbone):
             import torch
 
             model = self._build()
-            self._load_weights(model)
+            try:
+                self._load_weights(model)
+            except RuntimeError as exc:  # load_state_dict: missing / unexpected / mis-shaped keys
+                raise BadWeights(f"the weights do not fit {self.name} ({self._source.description}): "
+                                 f"{_first_line(exc)}") from None
             model.eval().requires_grad_(False)
             # channels-last is faster for these convnets on CUDA and on CPU alike (about 2x
             # for EfficientNet-Lite0 on a 2-core CPU: benchmarks/extract_throughput.py)
@@ -334,7 +382,7 @@ class TorchImageBackbone(Backbone):
     def preprocess(self, item):
         from .inputs import load_image
 
-        return self.preprocessing(load_image(item.path))
+        return self.preprocessing(load_image(item))
 
     def collate(self, samples):
         import torch

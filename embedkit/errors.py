@@ -7,6 +7,14 @@ class EmbedkitError(Exception):
     exit_code = 1
 
 
+class CacheUnavailable(EmbedkitError):
+    """The cache cannot be opened or written for an operating-system reason (permissions, a
+    read-only or full file system, a file-size limit, a disk I/O error): exit 1 like any other
+    operating-system error."""
+
+    exit_code = 1
+
+
 class UsageError(EmbedkitError):
     """A bad option or value (unknown pooling, impossible flatten, wrong file kind)."""
 
@@ -25,14 +33,21 @@ class WeightsUnavailable(NotFoundError):
     exit_code = 4
 
 
+class BadWeights(WeightsUnavailable):
+    """A weights file that exists but cannot be used: truncated, not a checkpoint, or one that
+    would need unpickling arbitrary objects (refused, never executed)."""
+
+
 class BadInputError(EmbedkitError):
-    """Input items that cannot be read (under --strict), or a dataset with no usable item."""
+    """Input that cannot be used: a manifest or text file that cannot be parsed (bad columns,
+    a line that is not a JSON object, duplicate ids), a bad item under --strict, or a dataset
+    with no usable item."""
 
     exit_code = 5
 
 
 class StoreError(EmbedkitError):
-    """The cache directory cannot be opened, or fails verification."""
+    """The cache's content is damaged: it fails verification, or its index is not readable."""
 
     exit_code = 6
 

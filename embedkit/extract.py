@@ -8,6 +8,8 @@ written to the store every few thousand rows.  A bad item is reported and skippe
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import sys
 import time
@@ -18,6 +20,7 @@ import numpy as np
 from .backbone import Backbone
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
+from .files import display_name
 from .inputs import Dataset, Item, open_dataset, text_sha256
 from .registry import create_backbone, default_model
 from .store import Store
@@ -87,21 +90,33 @@ def pick_precision(precision: str, device: str) -> str:
 
 
 class _Items:
-    """torch Dataset over items: preprocess in the worker, never raise (errors travel back)."""
+    """torch Dataset over (content key, item): preprocess in the worker, never raise (errors
+    travel back).  A file is read once and its bytes must still hash to the key it was looked
+    up under, so a file changed during the run can never store its vector under the old key."""
 
-    def __init__(self, items: list[Item], backbone: Backbone):
-        self.items, self.backbone = items, backbone
+    def __init__(self, todo: list[tuple[str, Item]], backbone: Backbone):
+        self.todo, self.backbone = todo, backbone
 
     def __len__(self):
-        return len(self.items)
+        return len(self.todo)
 
     def __getitem__(self, i):
+        key, item = self.todo[i]
         try:
-            return i, self.backbone.preprocess(self.items[i]), None
+            if item.path is not None and item.data is None:
+                with open(item.path, "rb") as f:
+                    data = f.read()
+                if hashlib.sha256(data).hexdigest() != key:
+                    return i, None, (f"{item.name}: changed while embedkit was reading it; "
+                                     "run again")
+                item = dataclasses.replace(item, data=data)
+            return i, self.backbone.preprocess(item), None
         except EmbedkitError as exc:
             return i, None, str(exc)
+        except OSError as exc:
+            return i, None, f"{item.name}: cannot read ({exc.strerror or exc})"
         except Exception as exc:  # a plugin's own failure on one item
-            return i, None, f"{type(exc).__name__}: {exc}"
+            return i, None, f"{item.name}: {type(exc).__name__}: {exc}"
 
 
 class _Collate:
@@ -125,13 +140,20 @@ def _progress(total: int, enabled: bool | None, unit: str):
 
 
 def content_keys(dataset: Dataset, store: Store) -> tuple[list[str | None], list[tuple[str, str]]]:
-    """sha256 per item (None where unusable) and the (id, reason) of the unusable items."""
+    """sha256 per item (None where unusable) and the (id, reason) of the unusable items: of the
+    normalised text, of in-memory bytes, or of a file's bytes (through the store's file-identity
+    cache, so an unchanged file is checked with stat, not re-read)."""
     usable = [it for it in dataset.items if it.error is None]
-    if dataset.modality == "text":
-        hashes = {id(it): text_sha256(it.text) for it in usable}
-    else:
-        by_path = store.file_hashes([it.path for it in usable])
-        hashes = {id(it): by_path[it.path] for it in usable}
+    files = store.file_hashes([it.path for it in usable
+                               if it.text is None and it.data is None and it.path is not None])
+    hashes = {}
+    for it in usable:
+        if it.text is not None:
+            hashes[id(it)] = text_sha256(it.text)
+        elif it.data is not None:
+            hashes[id(it)] = hashlib.sha256(it.data).hexdigest()
+        else:
+            hashes[id(it)] = files.get(it.path)
     keys, bad = [], []
     for it in dataset.items:
         h = hashes.get(id(it))
@@ -139,22 +161,26 @@ def content_keys(dataset: Dataset, store: Store) -> tuple[list[str | None], list
             keys.append(h)
             continue
         keys.append(None)
-        bad.append((it.id, it.error or f"{it.path}: cannot read ({h.strerror or h})"))
+        bad.append((it.id, it.error or f"{it.name}: cannot read ({_why(h)})"))
     return keys, bad
+
+
+def _why(exc) -> str:
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else "no content"
 
 
 def extract(dataset, model: str | Backbone | None = None, *, layer: str | None = None,
             pool: str | None = None, normalize: bool = False, weights: str | None = None,
             cache=None, batch_size: int = 32, device: str = "auto", precision: str = "auto",
             workers: int | None = None, progress: bool | None = None, strict: bool = False,
-            label: str | None = None) -> EmbeddingSet:
+            label: str | None = None, within: str | None = None) -> EmbeddingSet:
     """Embed a dataset (folder, manifest, text file, list, bundled sample name) through the cache.
 
     Returns an EmbeddingSet in dataset order (skipped items left out); `result.summary` tells
     what was read from the cache, computed and skipped.
     """
     started = time.perf_counter()
-    ds = open_dataset(dataset, label=label)
+    ds = open_dataset(dataset, label=label, within=within)
     backbone = model if isinstance(model, Backbone) else create_backbone(
         model or default_model(ds.modality), layer=layer, pool=pool,
         normalize=normalize or None, weights=weights)
@@ -176,7 +202,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     for item, key in zip(ds.items, keys):
         if key and key not in found and key not in todo:
             todo[key] = item
-    summary = Summary(items=len(ds), device=dev)
+    summary = Summary(items=len(ds), device=dev, notes=list(ds.notes))
     summary.cache_hits = sum(1 for k in keys if k and k in found)
     if skipped and strict:
         raise BadInputError(f"{skipped[0][1]} (--strict stops at the first bad item)")
@@ -216,18 +242,18 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
     import torch
     from torch.utils.data import DataLoader
 
-    items = [it for _, it in todo]
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if backbone.modality == "image" else 0
-    loader = DataLoader(_Items(items, backbone), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_Items(todo, backbone), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_Collate(backbone),
                         pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if workers else None)
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
     unit = "img" if backbone.modality == "image" else "text"
-    desc = backbone.describe() if hasattr(backbone, "describe") else {"name": backbone.name}
-    bar = _progress(len(items), progress, unit)
+    desc = {**backbone.describe(), "rebuild": backbone.creation,
+            "precision": getattr(backbone, "precision", "fp32")}
+    bar = _progress(len(todo), progress, unit)
     try:
         with store.writer(fingerprint, desc) as writer:
             for indices, batch, errors in loader:
@@ -242,7 +268,10 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
                         bad.append((todo[indices[i]][0], "the model produced NaN/inf values"))
                     keep = [j for j in range(len(indices)) if finite[j]]
                     keys = [todo[indices[j]][0] for j in keep]
-                    writer.add(keys, [todo[indices[j]][1].id for j in keep], vectors[keep])
+                    items = [todo[indices[j]][1] for j in keep]
+                    writer.add(keys, [it.id for it in items], vectors[keep],
+                               [it.text if it.text is not None else
+                                display_name(it.path) if it.path else None for it in items])
                     computed.update(zip(keys, vectors[keep]))
                 bar.update(len(indices) + len(errors))
     finally:
@@ -257,3 +286,81 @@ def embeddings_of(spec, model=None, **options) -> EmbeddingSet:
     if is_embeddings_file(spec):
         return load_embeddings(spec)
     return extract(spec, model, **options)
+
+
+@dataclass
+class DeepCheck:
+    """What `verify_deep` found: items recomputed and agreeing, disagreeing, or not checkable."""
+
+    checked: int = 0
+    agreed: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # no source or backbone to recompute
+
+
+#: Agreement a recomputed vector must reach: fp32 allows BLAS/threading noise, reduced precision
+#: (bf16/fp16 autocast) changes the last bits of every product.
+TOLERANCE = {"fp32": {"rtol": 1e-4, "cosine": 0.99999}, "bf16": {"rtol": None, "cosine": 0.99},
+             "fp16": {"rtol": None, "cosine": 0.995}}
+
+
+def verify_deep(store: Store, n: int, device: str = "auto", seed: int = 0) -> DeepCheck:
+    """Recompute `n` random cached items with their backbones and compare with the cache.
+
+    An item is checkable when the store knows how its backbone was built (the registry records
+    it) and where its content lives now (the text itself, or a file whose bytes still hash to
+    the key).  Agreement is within the precision's tolerance (TOLERANCE).
+    """
+    from .inputs import load_text_or_file_item
+
+    report = DeepCheck()
+    if n < 1:
+        raise UsageError(f"--deep takes a number of items of 1 or more, not {n}")
+    picks = store.sample(n, seed=seed)
+    files = store.source_paths([content for _, content, _, _ in picks])
+    backbones: dict[str, Backbone | str] = {}
+    dev = pick_device(device)
+    for fingerprint, content, shard_name, row in picks:
+        shard = store.shard(shard_name)
+        label = f"{shard.ids[row]} ({fingerprint[:12]})"
+        if fingerprint not in backbones:
+            backbones[fingerprint] = _rebuild(store.description(fingerprint), fingerprint, dev)
+        backbone = backbones[fingerprint]
+        if isinstance(backbone, str):
+            report.unchecked.append(f"{label}: {backbone}")
+            continue
+        item = load_text_or_file_item(backbone.modality, shard.ids[row], shard.sources[row],
+                                      files.get(content), content)
+        if item is None:
+            report.unchecked.append(f"{label}: its input is no longer on this machine")
+            continue
+        batch = backbone.collate([backbone.preprocess(item)])
+        fresh = np.asarray(backbone.embed(batch), dtype=np.float64)[0]
+        cached = shard.vectors[row].astype(np.float64)
+        report.checked += 1
+        tol = TOLERANCE[getattr(backbone, "precision", "fp32")]
+        cos = float(fresh @ cached / (np.linalg.norm(fresh) * np.linalg.norm(cached) or 1.0))
+        close = cos >= tol["cosine"] and (tol["rtol"] is None or np.allclose(
+            fresh, cached, rtol=tol["rtol"], atol=tol["rtol"] * float(np.abs(cached).max())))
+        if close:
+            report.agreed += 1
+        else:
+            report.mismatches.append(f"{label}: recomputed vector differs (cosine {cos:.6f})")
+    return report
+
+
+def _rebuild(description: dict, fingerprint: str, device: str):
+    """The backbone that wrote `fingerprint`, rebuilt from the store's record, or why not."""
+    spec = description.get("rebuild")
+    if not spec:
+        return "its backbone was not built by name (no recipe to rebuild it)"
+    try:
+        backbone = create_backbone(spec["name"], **spec.get("options", {}))
+        # the recorded precision is part of the key (bf16 autocast runs on the CPU too)
+        backbone.to(device, description.get("precision", "fp32"))
+        if backbone.fingerprint() != fingerprint:
+            return (f"{spec['name']} rebuilt here has another fingerprint (other weights or "
+                    "embedkit version)")
+        return backbone
+    except EmbedkitError as exc:
+        return f"cannot rebuild {spec['name']}: {exc}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import unicodedata
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BadInputError, NotFoundError, UsageError
+from .files import display_name, walk_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEXT_SUFFIXES = {".txt"}
@@ -30,17 +32,21 @@ TEXT_COLUMNS = ("text", "sentence", "document")
 
 @dataclass
 class Item:
-    id: str
-    path: str | None = None
-    text: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    error: str | None = None  # why the item cannot be used (a manifest row without data)
+    """One thing to embed.  `id` is stable and unique within its dataset: the path relative to
+    the dataset root for files, the `id` column of a manifest where it has one, else the line
+    number in the file (as an editor shows it), or the position in an in-memory list."""
 
-    def content_bytes(self) -> bytes:
-        if self.text is not None:
-            return normalise_text(self.text).encode("utf-8")
-        with open(self.path, "rb") as f:
-            return f.read()
+    id: str
+    path: str | None = None  # a file to read
+    text: str | None = None
+    data: bytes | None = None  # in-memory file content (an augmented view, a read-once buffer)
+    labels: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # why the item cannot be used (reported and skipped)
+
+    @property
+    def name(self) -> str:
+        """What messages call the item: its file (printable), else its id."""
+        return display_name(self.path) if self.path else self.id
 
 
 @dataclass
@@ -49,6 +55,7 @@ class Dataset:
     modality: str
     items: list[Item]
     label_names: list[str] = field(default_factory=list)  # label columns, primary first
+    notes: list[str] = field(default_factory=list)  # reading notes (e.g. invalid UTF-8 bytes)
 
     def __len__(self):
         return len(self.items)
@@ -63,21 +70,31 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()
 
 
-def load_image(path: str):
-    """Decode one image to an RGB PIL image, honouring EXIF orientation.
+def load_image(source, name: str | None = None):
+    """Decode one image (a path, an Item, bytes or a binary file object) to an RGB PIL image,
+    honouring EXIF orientation.
 
     Handles 16-bit greyscale PNG/TIFF (rescaled, not clipped), palette and alpha images
     (composited on white), animated GIF/WebP (first frame), and refuses decompression bombs.
-    Raises BadInputError naming the file.
+    Raises BadInputError naming the file (`name`, else the path).
     """
+    import io
+
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if isinstance(source, Item):
+        name = name or source.name
+        source = source.data if source.data is not None else source.path
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    path = name or (display_name(str(source)) if isinstance(source, (str, os.PathLike))
+                    else "<in-memory image>")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise Image.DecompressionBombError("too many pixels")
                 im.seek(0)
@@ -100,60 +117,118 @@ def load_image(path: str):
                             "(decompression-bomb guard); downscale it first") from None
     except UnidentifiedImageError:
         raise BadInputError(f"{path}: not a readable image (unknown format or corrupt)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadInputError(f"{path}: cannot decode image ({exc}); the file may be truncated "
-                            "or corrupt") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise BadInputError(f"{path}: cannot decode image ({_short(exc)}); the file may be "
+                            "truncated or corrupt") from None
 
 
-def _read_manifest(path: Path) -> list[dict]:
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def read_text(path: Path) -> tuple[str, str | None]:
+    """A text file as str, with one policy for every text input (.txt, .csv, .jsonl): UTF-8,
+    a leading byte-order mark dropped, bytes that are not UTF-8 replaced by U+FFFD.  Returns the
+    text and a note for the extraction summary when anything was replaced."""
+    raw = path.read_bytes()
     try:
-        if path.suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise BadInputError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-                    if not isinstance(row, dict):
-                        raise BadInputError(f"{path}:{lineno}: each line must be a JSON object "
-                                            '(JSON Lines), e.g. {"path": "a.jpg", "label": "cat"}')
-                    rows.append(row)
-        return rows
+        return raw.decode("utf-8-sig"), None
     except UnicodeDecodeError:
-        raise BadInputError(f"{path}: not UTF-8 text") from None
+        pass
+    bad = 0
+    for line in raw.splitlines():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad += 1
+    note = (f"{display_name(str(path))}: {bad} line{'s' if bad != 1 else ''} had bytes that are "
+            "not UTF-8 (replaced by U+FFFD)")
+    return raw.decode("utf-8-sig", errors="replace"), note
 
 
-def _from_manifest(path: Path, label: str | None) -> Dataset:
-    rows = _read_manifest(path)
+def _read_manifest(path: Path) -> tuple[list[tuple[int, dict]], str | None]:
+    """(line number, row) pairs of a CSV or JSONL manifest, and the decoding note."""
+    text, note = read_text(path)
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows, start = [], None
+        try:
+            for row in reader:
+                rows.append((start or reader.line_num, row))
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise BadInputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+        return [(n, {k: v for k, v in r.items() if k is not None}) for n, r in rows], note
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise BadInputError(f"{path}:{lineno}: invalid JSON ({why})") from None
+        if not isinstance(row, dict):
+            raise BadInputError(f"{path}:{lineno}: each line must be a JSON object "
+                                '(JSON Lines), e.g. {"path": "a.jpg", "label": "cat"}')
+        rows.append((lineno, row))
+    return rows, note
+
+
+def _cell(value) -> str | None:
+    """A manifest cell as text (None when empty)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _from_manifest(path: Path, label: str | None, within: str | None = None) -> Dataset:
+    rows, note = _read_manifest(path)
     if not rows:
         raise BadInputError(f"{path}: the manifest has no rows")
-    cols = list(rows[0].keys())
+    cols = list(dict.fromkeys(c for _, row in rows for c in row))
     path_col = next((c for c in PATH_COLUMNS if c in cols), None)
     text_col = next((c for c in TEXT_COLUMNS if c in cols), None)
     if path_col is None and text_col is None:
-        raise UsageError(f"{path}: a manifest needs a '{PATH_COLUMNS[0]}' column (images) or a "
-                         f"'{TEXT_COLUMNS[0]}' column (texts); found {', '.join(cols)}")
+        raise BadInputError(f"{path}: a manifest needs a '{PATH_COLUMNS[0]}' column (images) or "
+                            f"a '{TEXT_COLUMNS[0]}' column (texts); found "
+                            f"{', '.join(map(str, cols)) or 'no columns'}")
     data_col = path_col or text_col
     other = [c for c in cols if c not in (data_col, "id")]
     label_names = _order_labels(other, label, path)
+    fence = os.path.realpath(within) if within else None
     items = []
-    for i, row in enumerate(rows):
-        labels = {c: str(row[c]) for c in label_names if row.get(c) not in (None, "")}
-        value = row.get(data_col)
-        if value in (None, ""):  # reported and skipped by the extractor, never "None"
-            items.append(Item(str(row.get("id") or i + 1), labels=labels,
-                              error=f"{path}: row {i + 1} has no '{data_col}' value"))
+    for lineno, row in rows:
+        labels = {c: v for c in label_names if (v := _cell(row.get(c))) is not None}
+        value, given_id = _cell(row.get(data_col)), _cell(row.get("id"))
+        if value is None:  # reported and skipped by the extractor, never "None"
+            items.append(Item(given_id or str(lineno), labels=labels,
+                              error=f"{path}:{lineno}: no '{data_col}' value"))
         elif path_col:
-            rel = str(value)
-            full = rel if os.path.isabs(rel) else str(path.parent / rel)
-            items.append(Item(str(row.get("id") or rel), path=full, labels=labels))
+            full = value if os.path.isabs(value) else str(path.parent / value)
+            error = None
+            if fence and os.path.commonpath([fence, os.path.realpath(full)]) != fence:
+                error = f"{value}: outside --within {within}; refused"
+            items.append(Item(given_id or value, path=full, labels=labels, error=error))
         else:
-            items.append(Item(str(row.get("id") or i), text=str(value), labels=labels))
-    return Dataset(str(path.parent), "image" if path_col else "text", items, label_names)
+            items.append(Item(given_id or str(lineno), text=value, labels=labels))
+    ds = Dataset(str(path.parent), "image" if path_col else "text", items, label_names,
+                 [note] if note else [])
+    _check_unique_ids(ds, path)
+    return ds
+
+
+def _check_unique_ids(ds: Dataset, where):
+    seen: dict[str, int] = {}
+    for n, item in enumerate(ds.items):
+        if item.id in seen:
+            raise BadInputError(f"{where}: id '{item.id}' is used twice (items {seen[item.id] + 1} "
+                                f"and {n + 1}); ids must be unique: fix the 'id' column or "
+                                "remove the duplicate row")
+        seen[item.id] = n
 
 
 def _order_labels(columns: list[str], label: str | None, where) -> list[str]:
@@ -167,75 +242,124 @@ def _order_labels(columns: list[str], label: str | None, where) -> list[str]:
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 
 
-def _from_folder(root: Path, label: str | None = None) -> Dataset:
+def _from_folder(root: Path, label: str | None = None, within: str | None = None) -> Dataset:
     for name in MANIFEST_NAMES:  # a folder that carries its own manifest is that manifest
         if (root / name).is_file():
-            return _from_manifest(root / name, label)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
-    if not images and not texts:
+            return _from_manifest(root / name, label, within)
+    entries = walk_files(root)
+
+    def suffix(e):
+        return os.path.splitext(e.rel)[1].lower()
+
+    images = [e for e in entries if suffix(e) in IMAGE_SUFFIXES]
+    texts = [e for e in entries if suffix(e) in TEXT_SUFFIXES]
+    if not any(e.error is None for e in images + texts):
         raise BadInputError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .txt "
                             "files found; point at a folder of images or a manifest")
     chosen, modality = (images, "image") if len(images) >= len(texts) else (texts, "text")
-    labelled = all(len(p.relative_to(root).parts) >= 2 for p in chosen)
-    items = []
-    for p in chosen:
-        rel = p.relative_to(root).as_posix()
-        labels = {"label": p.relative_to(root).parts[0]} if labelled else {}
-        if modality == "image":
-            items.append(Item(rel, path=str(p), labels=labels))
+    problems = [e for e in entries if e.error and e.folder]
+    labelled = all("/" in e.rel for e in chosen)
+    items, notes = [], []
+    for e in sorted(chosen + problems, key=lambda e: e.rel):
+        labels = {"label": e.rel.split("/", 1)[0]} if labelled and not e.folder else {}
+        if e.error:
+            items.append(Item(e.rel, path=e.path, labels=labels, error=f"{e.rel}: {e.error}"))
+        elif modality == "image":
+            items.append(Item(e.rel, path=e.path, labels=labels))
         else:
-            items.append(Item(rel, text=p.read_text(encoding="utf-8", errors="replace"),
-                              labels=labels))
-    return Dataset(str(root), modality, items, ["label"] if labelled else [])
+            try:
+                text, note = read_text(Path(e.path))
+            except OSError as exc:
+                items.append(Item(e.rel, labels=labels,
+                                  error=f"{e.rel}: cannot read ({exc.strerror or exc})"))
+                continue
+            notes += [note] if note else []
+            items.append(Item(e.rel, text=text, labels=labels))
+    return Dataset(str(root), modality, items, ["label"] if labelled else [], notes)
 
 
 def _from_text_lines(path: Path) -> Dataset:
-    items = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                items.append(Item(f"{lineno}", text=line.rstrip("\n")))
+    text, note = read_text(path)
+    items = [Item(str(lineno), text=line)
+             for lineno, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not items:
         raise BadInputError(f"{path}: the file has no non-empty lines")
-    return Dataset(str(path.parent), "text", items)
+    return Dataset(str(path.parent), "text", items, notes=[note] if note else [])
 
 
-def open_dataset(spec, label: str | None = None) -> Dataset:
-    """A folder, manifest, .txt file, image file, list of paths/texts, or a bundled sample name."""
+def open_dataset(spec, label: str | None = None, within: str | None = None) -> Dataset:
+    """A folder, manifest, .txt file, image file, list of paths/texts, or a bundled sample name.
+
+    Args:
+        spec: what to read (see above); a Dataset passes through.
+        label: the primary label column of a manifest (default: `label`, else the first).
+        within: refuse manifest paths whose real location is outside this folder (by default
+            a manifest may point anywhere, e.g. at a shared image store).
+    """
     if isinstance(spec, Dataset):
         return spec
     if isinstance(spec, (list, tuple)):
         return from_list(spec)
-    path = Path(os.path.expanduser(str(spec)))
-    if path.is_dir():
-        ds = _from_folder(path, label)
-    elif path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in MANIFEST_SUFFIXES:
-            return _from_manifest(path, label)
-        if suffix in TEXT_SUFFIXES:
-            return _from_text_lines(path)
-        if suffix in IMAGE_SUFFIXES:
-            return Dataset(str(path.parent), "image", [Item(path.name, path=str(path))])
-        raise UsageError(f"{path}: not a dataset; give a folder, a .csv/.jsonl manifest, a .txt "
-                         "file or an image")
-    else:
-        from . import samples
+    try:
+        path = Path(os.path.expanduser(str(spec)))
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:
+        raise NotFoundError(f"{display_name(str(spec))}: cannot be read as a dataset "
+                            f"({_short(exc)})") from None
+    try:
+        if is_dir:
+            ds = _from_folder(path, label, within)
+        elif is_file:
+            suffix = path.suffix.lower()
+            if suffix in MANIFEST_SUFFIXES:
+                return _from_manifest(path, label, within)
+            if suffix in TEXT_SUFFIXES:
+                return _from_text_lines(path)
+            if suffix in IMAGE_SUFFIXES:
+                return Dataset(str(path.parent), "image",
+                               [Item(display_name(path.name), path=str(path))])
+            raise UsageError(f"{display_name(str(path))}: not a dataset; give a folder, a "
+                             ".csv/.jsonl manifest, a .txt file or an image")
+        else:
+            from . import samples
 
-        if str(spec) in samples.names():
-            return open_dataset(samples.export(str(spec)), label)
-        raise NotFoundError(f"{spec}: no such file, folder or bundled dataset "
-                            "(see: embedkit datasets list)")
+            if str(spec) in samples.names():
+                return open_dataset(samples.export(str(spec)), label, within)
+            raise NotFoundError(f"{display_name(str(spec))}: no such file, folder or bundled "
+                                "dataset (see: embedkit datasets list)")
+    except PermissionError as exc:
+        raise BadInputError(f"{display_name(str(spec))}: cannot read ({exc.strerror})") from None
     if label is not None and ds.label_names[:1] != [label]:
         raise UsageError(f"{spec}: folder datasets have one label column, 'label'")
     return ds
 
 
 def from_list(values) -> Dataset:
-    """Paths of existing files become image items; anything else is a text item."""
+    """Paths of existing files become image items; anything else is a text item.  Ids are
+    positions in the list (0-based, as Python counts), so they are unique even when a value
+    repeats (a bootstrap sample, say)."""
     values = [str(v) for v in values]
     if values and all(os.path.isfile(v) for v in values):
-        return Dataset(os.getcwd(), "image", [Item(v, path=os.path.abspath(v)) for v in values])
+        return Dataset(os.getcwd(), "image",
+                       [Item(str(i), path=os.path.abspath(v)) for i, v in enumerate(values)])
     return Dataset(os.getcwd(), "text", [Item(str(i), text=v) for i, v in enumerate(values)])
+
+
+def load_text_or_file_item(modality: str, item_id: str, source: str | None,
+                           file_path: str | None, sha256: str) -> Item | None:
+    """The input behind a cached vector, if it is still here: a text (its normalised form must
+    hash to the key) or a file whose bytes hash to the key.  None when neither is available."""
+    if modality == "text":
+        return Item(item_id, text=source) if source is not None and \
+            text_sha256(source) == sha256 else None
+    for path in (file_path, source):
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == sha256:
+            return Item(item_id, path=path, data=data)
+    return None

@@ -116,6 +116,7 @@ def create_backbone(name: str, **options) -> Backbone:
     if not isinstance(backbone, Backbone):
         raise PluginError(f"the plugin for '{name}' returned {type(backbone).__name__}, "
                           "not an embedkit Backbone")
+    backbone.creation = {"name": name, "options": options}
     return backbone
 
 

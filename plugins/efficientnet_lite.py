@@ -14,7 +14,8 @@ import re
 from embedkit.backbone import (BackboneFamily, ImagePreprocess, WeightsSource, file_sha256,
                                unknown_options)
 from embedkit.errors import WeightsUnavailable
-from embedkit.plugins.timm_models import OPTIONS, load_state_dict_file, timm_backbone
+from embedkit.backbone import load_state_dict_file
+from embedkit.plugins.timm_models import OPTIONS, timm_backbone
 
 VARIANTS = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 

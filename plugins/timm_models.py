@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
-                               WeightsSource, file_sha256, last_linear, unknown_options)
+                               WeightsSource, file_sha256, last_linear, load_state_dict_file,
+                               unknown_options)
 from embedkit.errors import NotFoundError, WeightsUnavailable
 
 OPTIONS = ("layer", "pool", "normalize", "weights")
@@ -55,21 +56,6 @@ def timm_backbone(name, arch, *, family, load_weights, weights_id, source, prepr
         name, family=family, build=build, load_weights=load_weights, weights_id=weights_id,
         source=source, preprocessing=preprocessing, block_modules=timm_blocks,
         classifier_module=timm_classifier, class_names=imagenet_classes, **options)
-
-
-def load_state_dict_file(path: str):
-    """Weights from a .safetensors or .pth/.bin file, never unpickling arbitrary objects."""
-    import torch
-
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
 
 
 def _hf_cache_file(arch: str) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
-                               WeightsSource, file_sha256, last_linear, unknown_options)
+                               WeightsSource, file_sha256, last_linear, load_state_dict_file,
+                               unknown_options)
 from embedkit.errors import WeightsUnavailable
 
 PREFIXES = ("resnet", "resnext", "wide_resnet", "vgg", "efficientnet_b", "efficientnet_v2",
@@ -87,7 +88,7 @@ class TorchvisionFamily(BackboneFamily):
 
         def load_weights(model):
             if path:
-                state = torch.load(path, map_location="cpu", weights_only=True)
+                state = load_state_dict_file(path)
             else:
                 try:
                     state = torch.hub.load_state_dict_from_url(

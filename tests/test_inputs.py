@@ -116,7 +116,7 @@ def test_dataset_errors(tmp_path):
     with pytest.raises(NotFoundError, match="datasets list"):
         open_dataset(tmp_path / "missing")
     (tmp_path / "m.csv").write_text("foo,bar\n1,2\n")
-    with pytest.raises(UsageError, match="'path' column"):
+    with pytest.raises(BadInputError, match="'path' column"):  # content problem: exit 5
         open_dataset(tmp_path / "m.csv")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
     with pytest.raises(BadInputError, match="bad.jsonl:2"):
@@ -162,7 +162,7 @@ def test_manifest_rows_without_data_and_non_object_lines(tmp_path):
 
     (tmp_path / "t.jsonl").write_text('{"text": "hello world", "label": "a"}\n{"text": null}\n')
     es = embedkit.extract(tmp_path / "t.jsonl", progress=False)
-    assert len(es) == 1 and "row 2 has no 'text' value" in es.summary.skipped[0][1]
+    assert len(es) == 1 and "t.jsonl:2: no 'text' value" in es.summary.skipped[0][1]
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n[1, 2]\n')
     with pytest.raises(BadInputError, match="bad.jsonl:2: each line must be a JSON object"):
         open_dataset(tmp_path / "bad.jsonl")

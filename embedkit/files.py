@@ -1,0 +1,139 @@
+"""File-system helpers every part shares: atomic writes, a folder walk that survives hostile
+trees, and printable names for paths that are not valid UTF-8.
+
+Why one module: an atomic write (temporary name in the same folder, fsync, rename, fsync the
+folder) is easy to get subtly wrong, and a walk must neither recurse (a folder nested 1,000 deep
+would raise RecursionError) nor loop (a symbolic link to a parent), nor hide what it could not
+read: each problem is reported with the path it concerns.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["atomic_write", "display_name", "walk_files", "WalkEntry"]
+
+
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None], *,
+                 tmp_prefix: str | None = None, before_rename: Callable[[], None] | None = None
+                 ) -> Path:
+    """Write `data` (bytes, text, or a function that writes a given temporary path) to `path`
+    so that readers see either the old file or the whole new one, never a part.
+
+    The temporary file lives beside the target (same file system, so the rename is atomic) and
+    is removed if writing fails.  `before_rename` runs between the fsync and the rename (the
+    crash-loop harness arms a fault point there).
+    """
+    path = Path(path)
+    prefix = tmp_prefix if tmp_prefix is not None else f".{path.name}.{os.getpid()}-"
+    tmp = path.parent / f"{prefix}{uuid.uuid4().hex}{path.suffix or '.tmp'}"
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def display_name(name: str) -> str:
+    """A path or name as printable text: bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) are shown as \\xNN, so they can be printed, logged and stored."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class WalkEntry:
+    """A file found by `walk_files`, or a problem met on the way (`error` set)."""
+
+    path: str  # as found (through the walked root)
+    rel: str  # relative to the root, '/'-separated, printable (display_name)
+    error: str | None = None
+    folder: bool = False  # the problem concerns a folder (unlistable, or a link loop)
+
+
+def walk_files(root: str | os.PathLike, follow_links: bool = True) -> list[WalkEntry]:
+    """Every regular file under `root`, sorted by relative path, without recursion.
+
+    Hidden entries (a leading dot) are skipped.  Symbolic links to files are followed; links to
+    folders are followed once (a folder already on the current branch is a loop and reported);
+    dangling links, links that loop and folders that cannot be listed come back as entries with
+    an `error`, so the caller can list them as skipped instead of letting them vanish.
+    """
+    root = os.fspath(root)
+    out: list[WalkEntry] = []
+    top = os.stat(root)
+    # each stack entry: (folder path, relative parts, identities of the folders above it)
+    stack = [(root, (), frozenset({(top.st_dev, top.st_ino)}))]
+    while stack:
+        folder, parts, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            rel = "/".join(parts) or "."
+            out.append(WalkEntry(folder, display_name(rel),
+                                 f"cannot list folder ({exc.strerror or exc})", folder=True))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel_parts = (*parts, entry.name)
+            rel = display_name("/".join(rel_parts))
+            try:
+                st = os.stat(entry.path) if follow_links else entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                if entry.is_symlink():
+                    why = ("symbolic link loop" if exc.errno == errno.ELOOP else
+                           "dangling symbolic link" if exc.errno == errno.ENOENT else
+                           f"unreadable link ({exc.strerror})")
+                    out.append(WalkEntry(entry.path, rel, why))
+                else:
+                    out.append(WalkEntry(entry.path, rel, f"cannot stat ({exc.strerror or exc})"))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident in ancestors:
+                    out.append(WalkEntry(entry.path, rel,
+                                         "symbolic link loop (points at a folder above it)",
+                                         folder=True))
+                    continue
+                stack.append((entry.path, rel_parts, ancestors | {ident}))
+            elif stat.S_ISREG(st.st_mode):
+                out.append(WalkEntry(entry.path, rel))
+            else:  # reading a FIFO would block forever; sockets and devices are not data
+                out.append(WalkEntry(entry.path, rel, "not a regular file (FIFO, socket or "
+                                                      "device)"))
+    out.sort(key=lambda e: e.rel)
+    return out
