@@ -58,6 +58,8 @@ class Summary:
 
 
 def pick_device(device: str = "auto") -> str:
+    if device == "cpu":
+        return device
     import torch
 
     if device != "auto":
@@ -239,15 +241,18 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
 
 
 def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, strict, device):
-    import torch
-    from torch.utils.data import DataLoader
-
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if backbone.modality == "image" else 0
-    loader = DataLoader(_Items(todo, backbone), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_Collate(backbone),
-                        pin_memory=device.startswith("cuda"),
-                        prefetch_factor=4 if workers else None)
+    dataset, collate = _Items(todo, backbone), _Collate(backbone)
+    if workers:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=collate, pin_memory=device.startswith("cuda"),
+                            prefetch_factor=4)
+    else:  # in-process batches: no torch import for backbones that do not need it
+        loader = (collate([dataset[i] for i in range(start, min(start + batch_size, len(todo)))])
+                  for start in range(0, len(todo), batch_size))
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
     unit = "img" if backbone.modality == "image" else "text"

@@ -472,16 +472,20 @@ class Store:
         shards (moved to shards/damaged/, their keys dropped: a rerun recomputes exactly those
         items) and re-indexes the rest."""
         problems, damaged = [], []
+        self.absorb()  # a valid shard published but not yet indexed (a crash, a writer) is fine
         files = self._shard_files()
         shards = {r[0]: r[1:] for r in self._db.execute(
             "SELECT name, fingerprint, dim, rows, sha256 FROM shards")}
+        missing = []
         for name, (fp, dim, nrows, sha) in shards.items():
             if name not in files:
-                problems.append(f"{name}: indexed but missing on disk")
-                damaged.append(name)
+                missing.append(name)
                 continue
             try:
                 shard = read_shard(files[name], sha)
+            except FileNotFoundError:
+                missing.append(name)
+                continue
             except StoreError:
                 problems.append(f"{name}: content changed since it was published "
                                 "(checksum mismatch)")
@@ -497,9 +501,22 @@ class Store:
             if why:
                 problems.append(f"{name}: {why}")
                 damaged.append(name)
-        for name in sorted(set(files) - set(shards)):
-            problems.append(f"{name}: on disk but not indexed (unreadable or damaged?)")
+        # a concurrent compaction commits its index change before it deletes the old files:
+        # a file is only missing if the index still names it now
+        for name in self._still_indexed(missing):
+            problems.append(f"{name}: indexed but missing on disk")
             damaged.append(name)
+        indexed = {r[0] for r in self._db.execute("SELECT name FROM shards")}
+        for name in sorted(set(files) - indexed):  # valid ones are being published right now
+            try:
+                why = shard_problem(read_shard(files[name]))
+            except FileNotFoundError:
+                continue
+            except Exception as exc:
+                why = f"unreadable ({type(exc).__name__})"
+            if why:
+                problems.append(f"{name}: on disk but not indexed: {why}")
+                damaged.append(name)
         dangling = self._db.execute(
             "SELECT COUNT(*) FROM vectors v LEFT JOIN shards s ON s.name = v.shard "
             "WHERE s.name IS NULL OR v.row >= s.rows").fetchone()[0]
@@ -512,6 +529,10 @@ class Store:
                     "DELETE FROM vectors WHERE NOT EXISTS (SELECT 1 FROM shards s WHERE "
                     "s.name = vectors.shard AND vectors.row < s.rows)")
         return problems
+
+    def _still_indexed(self, names) -> list[str]:
+        return [r[0] for chunk in _chunks(list(names), 500) for r in self._db.execute(
+            f"SELECT name FROM shards WHERE name IN ({_marks(chunk)})", chunk)]
 
     def _quarantine(self, names):
         """Move shards aside and forget their keys (the next run recomputes those items)."""
@@ -596,7 +617,8 @@ class Store:
                     names).fetchone()[0]
                 if still == len(names):
                     for name, chunk, sha in written:
-                        self._db.execute("INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?)",
+                        # OR REPLACE: another process opening the store may have absorbed it
+                        self._db.execute("INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?, ?)",
                                          (name, fp, len(chunk[0][1][1]), len(chunk), time.time(),
                                           sha))
                         # repoint only keys still in the merged shards (a writer may have

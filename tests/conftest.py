@@ -44,3 +44,22 @@ def lite0():
     from embedkit.registry import create_backbone
 
     return create_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def crash_loop():
+    """benchmarks/crash_loop.py as a module (its harnesses and its cheap PixelHashBackbone)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "crash_loop", Path(__file__).resolve().parents[1] / "benchmarks" / "crash_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def pixel_hash(crash_loop):
+    """A deterministic image backbone with no model behind it: for cache mechanics tests."""
+    return crash_loop.PixelHashBackbone()
