@@ -176,8 +176,9 @@ def test_verify_deep_recomputes_and_catches_a_wrong_vector(tmp_path, digits_smal
         assert (report.checked, report.agreed, report.mismatches) == (4, 4, [])
         # a wrong vector that passes every checksum (as a buggy backbone would have written)
         fp = es.meta["fingerprint"]
-        key = s.sample(1)[0][1]
-        s.publish(fp, [key], ["forged"], np.ones((1, es.dim), np.float32))
+        _, key, shard, row = s.sample(1)[0]
+        source = s.shard(shard).sources[row]
+        s.publish(fp, [key], ["forged"], np.ones((1, es.dim), np.float32), [source])
     result = CliRunner().invoke(cli, ["cache", "verify", "--deep", "40", "--cache", str(cache),
                                       "--device", "cpu"])
     assert result.exit_code == 6, result.output
