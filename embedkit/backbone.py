@@ -44,6 +44,10 @@ class Backbone(ABC):
     name: str
     modality: str  # "image" | "text"
     family: str = ""
+    #: Whether `embed` runs on an accelerator (torch models).  A backbone that computes with
+    #: NumPy alone (word vectors) says False: extraction then never imports torch to pick a
+    #: device, which saves seconds and hundreds of MB at start-up.
+    uses_device: bool = True
     #: How the registry built this backbone ({"name": ..., "options": {...}}), so a cached
     #: vector can be recomputed later (`embedkit cache verify --deep`); None if built by hand.
     creation: dict | None = None

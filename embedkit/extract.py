@@ -193,7 +193,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be 0 or more, not {workers}")
-    dev = pick_device(device)
+    dev = pick_device(device if backbone.uses_device else "cpu")
     backbone.to(dev, pick_precision(precision, dev))
     store = cache if isinstance(cache, Store) else Store(cache)
     fingerprint = backbone.fingerprint()

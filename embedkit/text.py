@@ -120,6 +120,9 @@ def word_probabilities(kv) -> tuple[np.ndarray, str]:
     return 1.0 / (ranks * np.sum(1.0 / ranks)), "zipf"
 
 
+_BLOCK = 65536  # tokens per block when averaging
+
+
 class TextPooler:
     """Token ids -> one sentence vector, by mean or SIF pooling (module docstring).
 
@@ -141,11 +144,15 @@ class TextPooler:
         self.component = component
 
     def weighted_average(self, ids: np.ndarray) -> np.ndarray:
-        vecs = np.asarray(self.vectors[ids], dtype=np.float64)
-        if self.weights is None:
-            return vecs.mean(axis=0)
-        w = self.weights[ids]
-        return (w[:, None] * vecs).sum(axis=0) / len(ids)
+        """Mean (or SIF-weighted mean) of the ids' vectors in float64, summed in blocks so a
+        very long text (a 10 MB line) needs memory for one block, not for all its tokens."""
+        total = np.zeros(self.vectors.shape[1], dtype=np.float64)
+        for start in range(0, len(ids), _BLOCK):
+            block = ids[start:start + _BLOCK]
+            vecs = np.asarray(self.vectors[block], dtype=np.float64)
+            total += (vecs if self.weights is None else self.weights[block][:, None] * vecs
+                      ).sum(axis=0)
+        return total / len(ids)
 
     def fit_component(self, token_id_lists: list[np.ndarray]) -> "TextPooler":
         """First right singular vector of the (uncentred) weighted averages, as in the paper."""

@@ -36,6 +36,8 @@ def default_sif_reference() -> str:
 class WordVectorBackbone(Backbone):
     """Texts -> pooled word vectors, with the OOV statistics of what it embedded (`report`)."""
 
+    uses_device = False  # NumPy look-ups and averages: no torch, no accelerator
+
     modality = "text"
     family = "word_vectors"
 

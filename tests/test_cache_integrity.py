@@ -165,10 +165,11 @@ def test_a_shard_found_on_disk_with_a_bad_checksum_is_not_absorbed(tmp_path):
     assert pa is not None
 
 
-def test_verify_deep_recomputes_and_catches_a_wrong_vector(tmp_path, digits_small, lite0):
-    cache = tmp_path / "cache"
-    es = embedkit.extract(digits_small, "efficientnet_lite0", cache=cache, progress=False,
-                          workers=0)
+def test_verify_deep_recomputes_and_catches_a_wrong_vector(tmp_path, digits_small):
+    cache, data = tmp_path / "cache", tmp_path / "data"
+    for f in sorted(digits_small.rglob("*.png"))[:4]:
+        shutil.copy(f, _png(data / f.parent.name / f.name, 0))
+    es = embedkit.extract(data, "efficientnet_lite0", cache=cache, progress=False, workers=0)
     from embedkit.extract import verify_deep
 
     with Store(cache) as s:
@@ -183,3 +184,4 @@ def test_verify_deep_recomputes_and_catches_a_wrong_vector(tmp_path, digits_smal
                                       "--device", "cpu"])
     assert result.exit_code == 6, result.output
     assert "mismatch: forged" in result.output and "1 cached vector(s) differ" in result.output
+    assert "deep: 3 of 4 recomputed items agree" in result.output
