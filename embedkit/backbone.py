@@ -18,12 +18,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import BadWeights, NotFoundError, UsageError
+from .errors import BadInputError, BadWeights, NotFoundError, UsageError
 
 #: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
 VECTOR_FORMAT_VERSION = 1
 
 POOLINGS = ("avg", "max", "gem", "flatten")
+#: Resizing the short side must not create more pixels than this (extreme aspect ratios).
+RESIZE_LIMIT = 16_000_000
 #: `--pool flatten` refuses layers whose flattened output is larger than this many values.
 FLATTEN_LIMIT = 100_000
 
@@ -188,6 +190,11 @@ class ImagePreprocess:
         w, h = image.size
         scale = self.resize_size / min(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        if nw * nh > RESIZE_LIMIT:  # a 20000x1 strip would become 5,120,000 x 256 pixels
+            raise BadInputError(
+                f"{w}x{h} image: its aspect ratio is too extreme to resize to "
+                f"{self.resize_size} px on the short side ({nw:,}x{nh:,} pixels); crop or pad "
+                "it first")
         image = image.resize((nw, nh), resample)
         left = int(round((nw - self.input_size) / 2.0))
         top = int(round((nh - self.input_size) / 2.0))

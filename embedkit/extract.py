@@ -114,7 +114,8 @@ class _Items:
                 item = dataclasses.replace(item, data=data)
             return i, self.backbone.preprocess(item), None
         except EmbedkitError as exc:
-            return i, None, str(exc)
+            message = str(exc)
+            return i, None, message if item.name in message else f"{item.name}: {message}"
         except OSError as exc:
             return i, None, f"{item.name}: cannot read ({exc.strerror or exc})"
         except Exception as exc:  # a plugin's own failure on one item

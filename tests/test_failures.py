@@ -115,10 +115,16 @@ def test_a_folder_nested_1000_deep(tmp_path, pixel_hash):
         os.mkdir(path)
     _png(Path(path) / "bottom.png")
     _png(deep / "top.png", 9)
-    ds = open_dataset(deep)
-    assert [it.id.count("/") for it in ds.items] == [1000, 0]
-    es = embedkit.extract(deep, pixel_hash, cache=tmp_path / "c", progress=False, workers=0)
-    assert len(es) == 2
+    try:
+        ds = open_dataset(deep)
+        assert [it.id.count("/") for it in ds.items] == [1000, 0]
+        es = embedkit.extract(deep, pixel_hash, cache=tmp_path / "c", progress=False, workers=0)
+        assert len(es) == 2
+    finally:  # bottom-up, one level at a time: shutil.rmtree (and pytest's clean-up) recurse
+        os.remove(os.path.join(path, "bottom.png"))
+        while path != str(deep):
+            os.rmdir(path)
+            path = os.path.dirname(path)
 
 
 class _Payload:
