@@ -147,11 +147,16 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             pool: str | None = None, normalize: bool = False, weights: str | None = None,
             cache=None, batch_size: int = 32, device: str = "auto", precision: str = "auto",
             workers: int | None = None, progress: bool | None = None, strict: bool = False,
-            label: str | None = None) -> EmbeddingSet:
+            label: str | None = None, runtime: str = "torch", compile: bool = False,
+            decode: str = "auto") -> EmbeddingSet:
     """Embed a dataset (folder, manifest, text file, list, bundled sample name) through the cache.
 
     Returns an EmbeddingSet in dataset order (skipped items left out); `result.summary` tells
     what was read from the cache, computed and skipped.
+
+    Fast paths (docs/performance.md): `runtime` "onnx" / "openvino" runs image backbones in that
+    CPU runtime; on CUDA, JPEG files are decoded on the device (`decode` "auto" or "device";
+    "cpu" keeps PIL decoding in loader workers), optionally with `compile` (torch.compile).
     """
     started = time.perf_counter()
     ds = open_dataset(dataset, label=label)
@@ -166,9 +171,21 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be 0 or more, not {workers}")
     dev = pick_device(device)
-    backbone.to(dev, pick_precision(precision, dev))
     store = cache if isinstance(cache, Store) else Store(cache)
-    fingerprint = backbone.fingerprint()
+    # -- fast paths (issue 10): runtime wrapper, device decode; each its own fingerprint part
+    from . import device_decode, runtimes
+
+    if runtime not in runtimes.RUNTIMES:
+        raise UsageError(f"unknown runtime '{runtime}': choose {', '.join(runtimes.RUNTIMES)}")
+    if decode not in ("auto", "cpu", "device"):
+        raise UsageError(f"unknown decode '{decode}': choose auto, cpu or device")
+    backbone = runtimes.with_runtime(backbone, runtime, store.root)
+    backbone.to(dev, precision if runtime != "torch" else pick_precision(precision, dev))
+    on_device = decode != "cpu" and device_decode.applies(backbone, dev)
+    if decode == "device" and not on_device:
+        raise UsageError("decode on the device needs a CUDA device and a torch image backbone")
+    fingerprint = device_decode.fingerprint(backbone) if on_device else backbone.fingerprint()
+    fast = {"on_device": on_device, "compile": compile}
 
     keys, skipped = content_keys(ds, store)
     found = store.get_many(fingerprint, [k for k in keys if k])
@@ -186,7 +203,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
                                      f"{backbone.source.hint}")
         computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,
-                                 workers, progress, strict, dev)
+                                 workers, progress, strict, dev, **fast)
         found.update(computed)
         reasons = dict(bad)  # content key -> why it failed; every item with that content skips
         skipped += [(it.id, reasons[key]) for it, key in zip(ds.items, keys) if key in reasons]
@@ -212,17 +229,33 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     return result
 
 
-def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, strict, device):
-    import torch
+def _embedded_batches(backbone, items, batch_size, workers, device, on_device, compile):
+    """(indices into items, float32 vectors, [(index, error)]) per batch, in order: decoded on the
+    device (device_decode) or by the backbone's preprocess in DataLoader workers."""
+    from .runtimes import available_cores
+
+    if workers is None:
+        workers = available_cores() if backbone.modality == "image" else 0
+    if on_device:
+        from .device_decode import embed_stream
+
+        yield from embed_stream(backbone, items, device, batch_size, workers, compile)
+        return
     from torch.utils.data import DataLoader
 
-    items = [it for _, it in todo]
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1) if backbone.modality == "image" else 0
     loader = DataLoader(_Items(items, backbone), batch_size=batch_size, shuffle=False,
                         num_workers=workers, collate_fn=_Collate(backbone),
                         pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if workers else None)
+    for indices, batch, errors in loader:
+        vectors = np.asarray(backbone.embed(batch), dtype=np.float32) if indices else None
+        yield indices, vectors, errors
+
+
+def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, strict, device,
+             on_device=False, compile=False):
+    items = [it for _, it in todo]
+    batches = _embedded_batches(backbone, items, batch_size, workers, device, on_device, compile)
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
     unit = "img" if backbone.modality == "image" else "text"
@@ -230,13 +263,12 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
     bar = _progress(len(items), progress, unit)
     try:
         with store.writer(fingerprint, desc) as writer:
-            for indices, batch, errors in loader:
+            for indices, vectors, errors in batches:
                 for i, err in errors:
                     bad.append((todo[i][0], err))
                     if strict:
                         raise BadInputError(f"{err} (--strict stops at the first bad item)")
                 if indices:
-                    vectors = np.asarray(backbone.embed(batch), dtype=np.float32)
                     finite = np.isfinite(vectors).all(axis=1)
                     for i in np.flatnonzero(~finite):
                         bad.append((todo[indices[i]][0], "the model produced NaN/inf values"))
