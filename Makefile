@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/extract_throughput.py
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) demo-output

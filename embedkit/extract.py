@@ -155,8 +155,9 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     what was read from the cache, computed and skipped.
 
     Fast paths (docs/performance.md): `runtime` "onnx" / "openvino" runs image backbones in that
-    CPU runtime; on CUDA, JPEG files are decoded on the device (`decode` "auto" or "device";
-    "cpu" keeps PIL decoding in loader workers), optionally with `compile` (torch.compile).
+    CPU runtime; on CUDA, JPEG files are decoded on the device (`decode` "auto"; "device" forces
+    that path, on the CPU too; "cpu" keeps PIL decoding in loader workers), optionally with
+    `compile` (torch.compile).
     """
     started = time.perf_counter()
     ds = open_dataset(dataset, label=label)
@@ -180,10 +181,11 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     if decode not in ("auto", "cpu", "device"):
         raise UsageError(f"unknown decode '{decode}': choose auto, cpu or device")
     backbone = runtimes.with_runtime(backbone, runtime, store.root)
-    backbone.to(dev, precision if runtime != "torch" else pick_precision(precision, dev))
-    on_device = decode != "cpu" and device_decode.applies(backbone, dev)
-    if decode == "device" and not on_device:
-        raise UsageError("decode on the device needs a CUDA device and a torch image backbone")
+    in_runtime = getattr(backbone, "runtime", "torch") != "torch"  # validates its own precision
+    backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
+    on_device = device_decode.applies(backbone, dev) if decode == "auto" else decode == "device"
+    if on_device and not isinstance(backbone, device_decode.TorchImageBackbone):
+        raise UsageError("decode='device' takes torch image backbones (and --runtime torch)")
     fingerprint = device_decode.fingerprint(backbone) if on_device else backbone.fingerprint()
     fast = {"on_device": on_device, "compile": compile}
 

@@ -114,11 +114,16 @@ def test_bf16_autocast_stays_close(mixed, lite0):
     assert _cosines(vectors, reference).min() > 0.99
 
 
-def test_extract_uses_the_path_only_on_cuda(mixed, tmp_path):
+def test_extract_through_the_tensor_path_writes_every_item(mixed, lite0, tmp_path):
+    """extract(decode="device") on the CPU: the same store writes and skips as the PIL path, the
+    vectors within tolerance, its own fingerprint; by default only CUDA takes the path."""
     import embedkit
-    from embedkit.errors import UsageError
 
-    assert not dd.applies(embedkit.create_backbone("efficientnet_lite0"), "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="CUDA"):
-            embedkit.extract(mixed, cache=tmp_path, decode="device", progress=False)
+    assert not dd.applies(lite0, "cpu") and dd.applies(lite0, "cuda")
+    pil = embedkit.extract(mixed, lite0, cache=tmp_path, progress=False, decode="cpu")
+    fast = embedkit.extract(mixed, lite0, cache=tmp_path, progress=False, decode="device")
+    assert fast.ids == pil.ids and len(fast) == len(pil) == 7
+    assert [i for i, _ in fast.summary.skipped] == [i for i, _ in pil.summary.skipped]
+    assert fast.summary.computed == 7  # nothing reused: a different fingerprint
+    assert fast.meta["fingerprint"] != pil.meta["fingerprint"]
+    assert _cosines(fast.vectors, pil.vectors).min() > MIN_COSINE
