@@ -33,8 +33,26 @@ fi
 # a copy, so that no build/ or egg-info lands in the repository
 BUILD=$(mktemp -d) && cp -r "$REPO/embedkit" "$REPO/plugins" "$REPO/cli" "$REPO/setup.cfg" \
     "$REPO/pyproject.toml" "$REPO/README.md" "$BUILD/"
-step 180 $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
-    --no-cache-dir --target "$SITE" "$BUILD" || exit 1
+if ! step 180 $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+        --no-cache-dir --target "$SITE" "$BUILD"; then
+    # no setuptools/wheel to build with: lay the package out as setup.cfg maps it, with a
+    # dist-info holding its entry points (the backbone registry reads those)
+    echo "   installing by copy instead"
+    cp -r "$BUILD/embedkit" "$SITE/embedkit" && cp -r "$BUILD/plugins" "$SITE/embedkit/plugins" \
+        && cp -r "$BUILD/cli" "$SITE/embedkit/cli" || exit 1
+    step 60 $PY - "$BUILD/setup.cfg" "$SITE" <<'PYEOF' || exit 1
+import configparser, pathlib, sys
+cfg = configparser.ConfigParser()
+cfg.read(sys.argv[1])
+info = pathlib.Path(sys.argv[2]) / f"embedkit-{cfg['metadata']['version']}.dist-info"
+info.mkdir()
+info.joinpath("METADATA").write_text(
+    f"Metadata-Version: 2.1\nName: embedkit\nVersion: {cfg['metadata']['version']}\n")
+points = cfg["options.entry_points"]
+info.joinpath("entry_points.txt").write_text("".join(
+    f"[{group}]\n{points[group].strip()}\n\n" for group in points))
+PYEOF
+fi
 # run from outside the repository, so that `import embedkit` is the installed copy (with its
 # plugins) and not the source folder
 export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
