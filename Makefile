@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) constraints.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/extract_throughput.py
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf $(VENV) demo-output

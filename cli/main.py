@@ -127,13 +127,20 @@ def datasets_export(name, folder, per_class, skip):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
-@click.option("--workers", type=int, default=None, help="DataLoader workers (default: up to 4).")
+@click.option("--workers", type=int, default=None,
+              help="Decode workers (default: one per available core).")
+@click.option("--runtime", type=click.Choice(["torch", "onnx", "openvino"]), default="torch",
+              show_default=True, help="CPU inference runtime for image backbones "
+              "(onnx / openvino: extras embedkit[onnx] / embedkit[openvino]).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model (GPU path; pays off on large runs).")
 @click.option("--strict", is_flag=True, help="Fail on the first bad item instead of skipping it.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @cache_option
 @json_option
 def extract(dataset, model, layer, pool, normalize, weights, output, label, within, limit,
-            batch_size, device, precision, workers, strict, quiet, cache, as_json):
+            batch_size, device, precision, workers, runtime, compile_, strict, quiet, cache,
+            as_json):
     """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
 
     \b
@@ -150,9 +157,9 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, with
                                          limit=limit)
     result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
                               weights=weights, cache=cache, batch_size=batch_size, device=device,
-                              precision=precision, workers=workers,
-                              progress=False if quiet else None, strict=strict, label=label,
-                              within=within)
+                              precision=precision, workers=workers, runtime=runtime,
+                              compile=compile_, progress=False if quiet else None, strict=strict,
+                              label=label, within=within)
     if output:
         result.save(output)
     summary = result.summary

@@ -380,7 +380,7 @@ class TorchImageBackbone(Backbone):
                                  f"{_first_line(exc)}") from None
             model.eval().requires_grad_(False)
             # channels-last is faster for these convnets on CUDA and on CPU alike (about 2x
-            # for EfficientNet-Lite0 on a 2-core CPU: benchmarks/extract_throughput.py)
+            # for EfficientNet-Lite0 on a 2-core CPU: python -m benchmarks)
             self._model = model.to(self.device, memory_format=torch.channels_last)
         return self._model
 

@@ -20,7 +20,7 @@ import numpy as np
 from .backbone import Backbone
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
-from .files import display_name
+from .files import available_cores, display_name
 from .inputs import Dataset, Item, open_dataset, text_sha256
 from .registry import create_backbone, default_model
 from .store import Store
@@ -176,11 +176,17 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             pool: str | None = None, normalize: bool = False, weights: str | None = None,
             cache=None, batch_size: int = 32, device: str = "auto", precision: str = "auto",
             workers: int | None = None, progress: bool | None = None, strict: bool = False,
-            label: str | None = None, within: str | None = None) -> EmbeddingSet:
+            label: str | None = None, within: str | None = None, runtime: str = "torch",
+            compile: bool = False, decode: str = "auto") -> EmbeddingSet:
     """Embed a dataset (folder, manifest, text file, list, bundled sample name) through the cache.
 
     Returns an EmbeddingSet in dataset order (skipped items left out); `result.summary` tells
     what was read from the cache, computed and skipped.
+
+    Fast paths (docs/performance.md): `runtime` "onnx" / "openvino" runs image backbones in that
+    CPU runtime; on CUDA, JPEG files are decoded on the device (`decode` "auto"; "device" forces
+    that path, on the CPU too; "cpu" keeps PIL decoding in loader workers), optionally with
+    `compile` (torch.compile).
     """
     started = time.perf_counter()
     ds = open_dataset(dataset, label=label, within=within)
@@ -195,9 +201,31 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     if workers is not None and workers < 0:
         raise UsageError(f"--workers must be 0 or more, not {workers}")
     dev = pick_device(device if backbone.uses_device else "cpu")
-    backbone.to(dev, pick_precision(precision, dev))
     store = cache if isinstance(cache, Store) else Store(cache)
-    fingerprint = backbone.fingerprint()
+    # fast paths (docs/performance.md): a CPU runtime, decoding on the device; each has its own
+    # fingerprint part.  Neither applies to backbones that use no device (no torch import).
+    if decode not in ("auto", "cpu", "device"):
+        raise UsageError(f"unknown decode '{decode}': choose auto, cpu or device")
+    if runtime != "torch":
+        from .runtimes import RUNTIMES, with_runtime
+
+        if runtime not in RUNTIMES:
+            raise UsageError(f"unknown runtime '{runtime}': choose {', '.join(RUNTIMES)}")
+        backbone = with_runtime(backbone, runtime, store.root)
+    in_runtime = getattr(backbone, "runtime", "torch") != "torch"  # validates its own precision
+    backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
+    on_device = False
+    if backbone.uses_device and backbone.modality == "image" and decode != "cpu":
+        from . import device_decode
+
+        on_device = device_decode.applies(backbone, dev) if decode == "auto" else True
+        if on_device and not isinstance(backbone, device_decode.TorchImageBackbone):
+            raise UsageError("decode='device' takes torch image backbones (and --runtime torch)")
+    elif decode == "device":
+        raise UsageError(f"decode='device' takes image backbones; {backbone.name} embeds "
+                         f"{backbone.modality}s without a device")
+    fingerprint = device_decode.fingerprint(backbone) if on_device else backbone.fingerprint()
+    fast = {"on_device": on_device, "compile": compile}
 
     keys, skipped = content_keys(ds, store)
     found = store.get_many(fingerprint, [k for k in keys if k])
@@ -215,7 +243,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
                                      f"{backbone.source.hint}")
         computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,
-                                 workers, progress, strict, dev)
+                                 workers, progress, strict, dev, **fast)
         found.update(computed)
         reasons = dict(bad)  # content key -> why it failed; every item with that content skips
         skipped += [(it.id, reasons[key]) for it, key in zip(ds.items, keys) if key in reasons]
@@ -241,9 +269,18 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     return result
 
 
-def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, strict, device):
+def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile):
+    """(indices into todo, float32 vectors, [(index, error)]) per batch, in order: decoded on
+    the device (device_decode) or by the backbone's preprocess, in DataLoader workers or (with
+    no workers) in this process, without importing torch for backbones that need none."""
     if workers is None:
-        workers = min(4, os.cpu_count() or 1) if backbone.modality == "image" else 0
+        workers = available_cores() if backbone.modality == "image" else 0
+    if on_device:
+        from .device_decode import embed_stream
+
+        yield from embed_stream(backbone, [it for _, it in todo], device, batch_size, workers,
+                                compile)
+        return
     dataset, collate = _Items(todo, backbone), _Collate(backbone)
     if workers:
         from torch.utils.data import DataLoader
@@ -251,9 +288,17 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                             collate_fn=collate, pin_memory=device.startswith("cuda"),
                             prefetch_factor=4)
-    else:  # in-process batches: no torch import for backbones that do not need it
+    else:
         loader = (collate([dataset[i] for i in range(start, min(start + batch_size, len(todo)))])
                   for start in range(0, len(todo), batch_size))
+    for indices, batch, errors in loader:
+        vectors = np.asarray(backbone.embed(batch), dtype=np.float32) if indices else None
+        yield indices, vectors, errors
+
+
+def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, strict, device,
+             on_device=False, compile=False):
+    batches = _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile)
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
     unit = "img" if backbone.modality == "image" else "text"
@@ -262,13 +307,12 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
     bar = _progress(len(todo), progress, unit)
     try:
         with store.writer(fingerprint, desc) as writer:
-            for indices, batch, errors in loader:
+            for indices, vectors, errors in batches:
                 for i, err in errors:
                     bad.append((todo[i][0], err))
                     if strict:
                         raise BadInputError(f"{err} (--strict stops at the first bad item)")
                 if indices:
-                    vectors = np.asarray(backbone.embed(batch), dtype=np.float32)
                     finite = np.isfinite(vectors).all(axis=1)
                     for i in np.flatnonzero(~finite):
                         bad.append((todo[indices[i]][0], "the model produced NaN/inf values"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "display_name", "walk_files", "WalkEntry"]
+__all__ = ["atomic_write", "available_cores", "display_name", "walk_files", "WalkEntry"]
 
 
 def _fsync_dir(path: Path):
@@ -137,3 +137,11 @@ def walk_files(root: str | os.PathLike, follow_links: bool = True) -> list[WalkE
                                                       "device)"))
     out.sort(key=lambda e: e.rel)
     return out
+
+
+def available_cores() -> int:
+    """CPUs this process may run on (cgroup / taskset aware, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

@@ -1,0 +1,240 @@
+"""Inference runtimes for the torch image backbones on the CPU: eager PyTorch, ONNX Runtime, OpenVINO.
+
+Eager PyTorch runs a convnet one operator at a time; a graph runtime fuses convolution, batch norm
+and activation, picks kernels for this CPU and plans memory once.  On a 2-core Xeon with AVX-512
+that is 4x (ONNX Runtime) to 6x (OpenVINO, fp32) the eager speed for EfficientNet-Lite0 (measured
+by `python -m benchmarks`, see docs/performance.md).
+
+The network, cut at the chosen layer and followed by the chosen pooling (`feature_model`), is
+exported once per architecture, weights, layer and pooling to ONNX (torch.export-based exporter)
+and cached beside the store in `<store>/runtimes/<fingerprint>.onnx`; ONNX Runtime runs that file,
+OpenVINO reads the same file and keeps its compiled blob in the same folder.  Vectors equal eager
+PyTorch's within float32 rounding (max abs difference about 1e-5, tests/test_runtimes.py); with
+OpenVINO's bf16 inference precision (CPUs with avx512_bf16 / AMX only) cosine about 0.9997.  Each
+runtime and precision is its own fingerprint part, so their vectors never mix with eager ones in
+the cache.
+
+`feature_model` is also what the GPU path compiles (`device_decode`): one cut-and-pool module for
+every fast path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import Backbone, TorchImageBackbone, fingerprint_of, pool_features
+from .errors import MissingExtra, UsageError
+from .files import available_cores
+
+RUNTIMES = ("torch", "onnx", "openvino")
+#: Bumped when the export changes (opset, exporter options): old exported files then miss.
+EXPORT_VERSION = 1
+OPSET = 18
+
+
+def feature_model(backbone: TorchImageBackbone):
+    """A plain module: images [n, 3, s, s] -> float32 vectors [n, dim], the backbone's layer and
+    pooling with no hooks, so that exporters and `torch.compile` can trace it.
+
+    `pre_logits` is the network with its classifier replaced by Identity (its output is then the
+    classifier's input); `logits` is the whole network; a block layer is cut with an FX feature extractor
+    (torchvision's, through timm so that timm's own leaf modules trace).
+    """
+
+    info = backbone.layer_info()[backbone.layer]
+    model = backbone.model
+    if backbone.layer == "logits":
+        trunk = model
+    elif info.hook == "input":
+        trunk = copy.deepcopy(model)
+        parent_name, _, leaf = info.module.rpartition(".")
+        parent = trunk.get_submodule(parent_name) if parent_name else trunk
+        setattr(parent, leaf, torch.nn.Identity())
+    else:
+        from timm.models import create_feature_extractor  # torchvision's, knowing timm's leaves
+
+        try:
+            trunk = _Only(create_feature_extractor(model, return_nodes={info.module: "x"}))
+        except Exception as exc:  # FX cannot trace every architecture
+            raise UsageError(f"{backbone.name}: layer '{backbone.layer}' cannot be cut out for a "
+                             f"compiled runtime ({type(exc).__name__}); use --runtime torch "
+                             "or the pre_logits / logits layer") from None
+    return _Features(trunk, backbone.pool, backbone.normalize).eval()
+
+
+class _Only(torch.nn.Module):
+    """The single output of an FX feature extractor (it returns a dict)."""
+
+    def __init__(self, extractor):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x):
+        return self.extractor(x)["x"]
+
+
+class _Features(torch.nn.Module):
+    def __init__(self, trunk, pool, normalize):
+        super().__init__()
+        self.trunk, self.pool, self.normalize = trunk, pool, normalize
+
+    def forward(self, x):
+        feats = pool_features(self.trunk(x), self.pool).float()
+        return torch.nn.functional.normalize(feats, dim=1) if self.normalize else feats
+
+
+def export_onnx(backbone: TorchImageBackbone, folder: Path) -> Path:
+    """The backbone's feature model as ONNX in `folder`, exported on first use (atomic rename, so
+    concurrent runs at worst export twice)."""
+    backbone.to("cpu", "fp32")
+    key = fingerprint_of(backbone=backbone.fingerprint(), export=EXPORT_VERSION, opset=OPSET,
+                         torch=torch.__version__.split("+")[0])
+    path = Path(folder) / f"{backbone.name}-{key}.onnx"
+    if path.exists():
+        return path
+    _require("onnxscript", "exporting to ONNX", "onnx", "onnxscript")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = backbone.preprocessing.input_size
+    example = torch.zeros(2, 3, size, size)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.onnx")
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            feature_model(backbone), (example,), input_names=["images"],
+            output_names=["vectors"], dynamic_shapes=({0: torch.export.Dim("n")},),
+            opset_version=OPSET, dynamo=True, verbose=False)
+        program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _require(module: str, what: str, extra: str, package: str):
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtra(what, extra, package)
+
+
+class RuntimeBackbone(Backbone):
+    """A TorchImageBackbone whose `embed` runs in ONNX Runtime or OpenVINO on the CPU.
+
+    Everything else (layers, preprocessing in the loader workers, description) is the wrapped
+    backbone's; the fingerprint adds the runtime and its precision.
+    """
+
+    def __init__(self, inner: TorchImageBackbone, runtime: str, folder: Path):
+        if runtime not in RUNTIMES[1:]:
+            raise UsageError(f"unknown runtime '{runtime}': choose {', '.join(RUNTIMES)}")
+        if not isinstance(inner, TorchImageBackbone):
+            raise UsageError(f"--runtime {runtime} runs torch image backbones; {inner.name} is "
+                             f"a {inner.modality} model (use --runtime torch)")
+        _require("onnxruntime" if runtime == "onnx" else "openvino", f"--runtime {runtime}",
+                 runtime, "onnxruntime" if runtime == "onnx" else "openvino")
+        self.inner, self.runtime, self.folder = inner, runtime, Path(folder)
+        self.name, self.family, self.modality = inner.name, inner.family, inner.modality
+        self.precision = "fp32"
+        self._session = None
+
+    def __getattr__(self, name):  # layer, pool, normalize, preprocessing, class_names ...
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def dim(self):
+        return self.inner.dim
+
+    def layers(self):
+        return self.inner.layers()
+
+    @property
+    def source(self):
+        return self.inner.source
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(backbone=self.inner.fingerprint(), runtime=self.runtime,
+                              precision=self.precision)
+
+    def preprocess(self, item):
+        return self.inner.preprocess(item)
+
+    def collate(self, samples):
+        return self.inner.collate(samples)
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "runtime": self.runtime, "precision": self.precision}
+
+    def to(self, device: str = "cpu", precision: str = "fp32") -> "RuntimeBackbone":
+        if device != "cpu":
+            raise UsageError(f"--runtime {self.runtime} runs on the CPU; on {device} use "
+                             "--runtime torch")
+        if precision == "auto":
+            precision = "fp32"
+        if precision not in ("fp32", "bf16") or (precision == "bf16"
+                                                 and self.runtime != "openvino"):
+            raise UsageError(f"--runtime {self.runtime} on the CPU takes --precision fp32"
+                             + (" or bf16" if self.runtime == "openvino" else ""))
+        if precision == "bf16" and "BF16" not in _openvino_core().get_property(
+                "CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise UsageError("--precision bf16 needs a CPU with bf16 instructions (avx512_bf16 or "
+                             "AMX); this one has none: use fp32")
+        self.inner.to("cpu", "fp32")
+        if precision != self.precision:
+            self._session = None
+        self.precision = precision
+        return self
+
+    def _run(self):
+        if self._session is None:
+            path = export_onnx(self.inner, self.folder)
+            if self.runtime == "onnx":
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = available_cores()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                session = ort.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
+                self._session = lambda x: session.run(None, {"images": x})[0]
+            else:
+                core = _openvino_core()
+                core.set_property({"CACHE_DIR": str(self.folder / "openvino")})
+                compiled = core.compile_model(str(path), "CPU", {
+                    "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[self.precision],
+                    "PERFORMANCE_HINT": "LATENCY"})  # one batch at a time, all cores on it
+                request = compiled.create_infer_request()
+                self._session = lambda x: request.infer({0: x})[0]
+        return self._session
+
+    def embed(self, batch) -> np.ndarray:
+        x = np.ascontiguousarray(batch.numpy() if hasattr(batch, "numpy") else batch,
+                                 dtype=np.float32)
+        return np.array(self._run()(x), dtype=np.float32, copy=True)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_session"] = None  # sessions do not pickle; workers only preprocess
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+def _openvino_core():
+    import openvino as ov
+
+    return ov.Core()
+
+
+def with_runtime(backbone: Backbone, runtime: str, store_root) -> Backbone:
+    """`backbone` itself for the torch runtime, else wrapped to run in `runtime`, its exported
+    graphs cached under `<store_root>/runtimes`."""
+    if runtime in (None, "torch"):
+        return backbone
+    return RuntimeBackbone(backbone, runtime, Path(store_root) / "runtimes")
