@@ -16,7 +16,7 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 
 def _extraction_note(es):
-    summary = getattr(es, "summary", None)
+    summary = es.summary
     if summary is not None:
         click.echo(str(summary), err=True)
 

@@ -66,10 +66,10 @@ def layers(model, weights, as_json):
     from embedkit.registry import create_backbone
 
     backbone = create_backbone(model, weights=weights)
-    info = getattr(backbone, "layer_info", None)
+    info = backbone.layer_info()
     rows = []
     for i, name in enumerate(backbone.layers()):
-        shape = info()[name].shape if info else (backbone.dim,)
+        shape = info[name].shape
         rows.append({"layer": name, "output": "x".join(map(str, shape)),
                      "default": i == 0,
                      "pooling": "none (vector)" if len(shape) == 1 else "avg|max|gem|flatten"})

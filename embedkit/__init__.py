@@ -1,6 +1,8 @@
 """embedkit: frozen embeddings from pretrained backbones, cached, compared and classified."""
 
 __version__ = "0.1.0"
+__all__ = ["EmbedkitError", "EmbeddingSet", "Store", "create_backbone", "extract",
+           "list_models", "load_embeddings"]
 
 from .errors import EmbedkitError  # noqa: E402
 from .registry import create_backbone, list_models  # noqa: E402

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import BadInputError, NotFoundError
+from .errors import ArtifactError, NotFoundError
 
 FORMAT = "embedkit.classifier"
 FORMAT_VERSION = 1
@@ -28,10 +28,6 @@ TRUSTED_TYPES = frozenset({
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
 })
-
-
-class ArtifactError(BadInputError):
-    """A model file that is not an embedkit classifier, or that was tampered with."""
 
 
 def save_artifact(content: dict, path: str | os.PathLike) -> Path:

@@ -124,9 +124,21 @@ class AugmentedBackbone(Backbone):
         self.family = base.family
 
     # what extract() records in an EmbeddingSet's meta: the wrapped backbone's reading
-    layer = property(lambda self: getattr(self.base, "layer", None))
-    pool = property(lambda self: getattr(self.base, "pool", None))
-    normalize = property(lambda self: getattr(self.base, "normalize", False))
+    layer = property(lambda self: self.base.layer)
+    pool = property(lambda self: self.base.pool)
+    normalize = property(lambda self: self.base.normalize)
+    precision = property(lambda self: self.base.precision)
+    device = property(lambda self: self.base.device)
+    uses_device = property(lambda self: self.base.uses_device)
+
+    def layer_info(self):
+        return self.base.layer_info()
+
+    def accept(self, sample):
+        return self.base.accept(sample)
+
+    def report(self):
+        return self.base.report()
 
     @property
     def dim(self) -> int:
@@ -156,9 +168,8 @@ class AugmentedBackbone(Backbone):
 
     def preprocess(self, item):
         image = self.augmented_image(item)
-        preprocessing = getattr(self.base, "preprocessing", None)
-        if callable(preprocessing):  # torch image backbones: weights' preprocessing of a PIL image
-            return preprocessing(image)
+        if self.base.preprocessing is not None:  # the weights' preprocessing of a PIL image
+            return self.base.preprocessing(image)
         from .inputs import Item  # any other image backbone reads the augmented image's bytes
 
         buffer = io.BytesIO()

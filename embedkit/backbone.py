@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,22 +41,45 @@ class WeightsSource:
 
 
 class Backbone(ABC):
-    """The contract every plugin returns (see DESIGN.md)."""
+    """The contract every plugin returns: every member the core and the CLI use is declared
+    here, the optional ones with a default, so no caller ever probes with `getattr`.
 
+    Required: `name`, `modality`, `dim`, `layers()`, `source`, `fingerprint()`, `preprocess()`,
+    `embed()`.  The contract test (tests/test_registry.py) runs over every registered backbone.
+    """
+
+    #: Registry name, e.g. "efficientnet_lite0", "glove-6b-50d".
     name: str
-    modality: str  # "image" | "text"
+    #: "image" or "text": what `preprocess` accepts.
+    modality: str
+    #: The plugin family that built it (its entry-point name).
     family: str = ""
+    #: The layer read (None for backbones with a single output), its pooling, and whether
+    #: vectors are L2-normalised; recorded in every EmbeddingSet's meta.
+    layer: str | None = None
+    pool: str | None = None
+    normalize: bool = False
+    #: Where `embed` runs and at which precision ("fp32", "bf16", "fp16"); set by `to()`.
+    #: A precision that changes the vectors must be part of `fingerprint()`.
+    device: str = "cpu"
+    precision: str = "fp32"
+    #: The inference runtime: "torch", or "onnx" / "openvino" for a wrapped backbone.
+    runtime: str = "torch"
     #: Whether `embed` runs on an accelerator (torch models).  A backbone that computes with
     #: NumPy alone (word vectors) says False: extraction then never imports torch to pick a
     #: device, which saves seconds and hundreds of MB at start-up.
     uses_device: bool = True
+    #: Image backbones whose input is an RGB PIL image turned into a tensor this way (the
+    #: weights' own preprocessing); augmentation reuses it.  None for other backbones.
+    preprocessing: "ImagePreprocess | None" = None
     #: How the registry built this backbone ({"name": ..., "options": {...}}), so a cached
     #: vector can be recomputed later (`embedkit cache verify --deep`); None if built by hand.
     creation: dict | None = None
 
     @property
     @abstractmethod
-    def dim(self) -> int: ...
+    def dim(self) -> int:
+        """Length of one vector for the chosen layer and pooling."""
 
     @abstractmethod
     def layers(self) -> list[str]:
@@ -64,23 +87,55 @@ class Backbone(ABC):
 
     @property
     @abstractmethod
-    def source(self) -> WeightsSource: ...
+    def source(self) -> WeightsSource:
+        """Where the weights come from, and whether they are on this machine now."""
 
     @abstractmethod
-    def fingerprint(self) -> str: ...
+    def fingerprint(self) -> str:
+        """A stable hash of everything that changes a vector (weights identity, architecture,
+        layer, pooling, preprocessing, precision, the vector format version): the model half of
+        every cache key."""
 
     @abstractmethod
-    def preprocess(self, item) -> Any: ...
+    def preprocess(self, item) -> Any:
+        """An `Item` -> one model input.  Runs on the CPU side, possibly in a DataLoader worker
+        process: it must not rely on changing the backbone (changes are lost with workers).
+        Raise `BadInputError` naming the item when it cannot be used."""
 
     @abstractmethod
-    def embed(self, batch) -> np.ndarray: ...
+    def embed(self, batch) -> np.ndarray:
+        """A collated batch -> float32 [n, dim] (device side, in the extracting process)."""
+
+    def accept(self, sample) -> str | None:
+        """Called in the extracting process for each preprocessed sample before batching:
+        why it cannot be embedded, or None.  Statistics over the items (e.g. OOV rates) are
+        gathered here, where they survive DataLoader workers, and read back by `report()`."""
+        return None
 
     def collate(self, samples: list) -> Any:
         """Turn a list of preprocessed samples into one batch for `embed`."""
         return samples
 
     def to(self, device: str = "cpu", precision: str = "fp32") -> "Backbone":
+        """Run `embed` on `device` at `precision` (weights move lazily)."""
+        self.device, self.precision = device, precision
         return self
+
+    def report(self) -> list[str]:
+        """Notes for the extraction summary about the items accepted since the last report
+        (e.g. OOV rates); reading them resets them."""
+        return []
+
+    def layer_info(self) -> dict[str, "LayerInfo"]:
+        """Every extractable layer with the shape of one item's output.  The default suits a
+        backbone with one output per layer: a `dim`-long vector."""
+        return {name: LayerInfo(name, "", (self.dim,)) for name in self.layers()}
+
+    @property
+    def keyed_vectors(self):
+        """gensim KeyedVectors behind a word-vector backbone (word queries, analogies); None
+        for every other backbone."""
+        return None
 
     def describe(self) -> dict:
         """One row of `embedkit models`."""
@@ -89,7 +144,7 @@ class Backbone(ABC):
             "name": self.name,
             "modality": self.modality,
             "family": self.family,
-            "layer": getattr(self, "layer", None) or self.layers()[0],
+            "layer": self.layer or self.layers()[0],
             "dim": self.dim,
             "weights": src.description,
             "offline": src.available,
@@ -214,8 +269,6 @@ def pool_features(x, pool: str | None):
     [n, d] passes through; [n, c, h, w] (conv maps) and [n, tokens, d] (transformer blocks) are
     pooled over space / tokens with avg, max, GeM (p=3) or flattened.
     """
-    import torch
-
     if x.ndim == 2:
         return x
     if pool == "flatten":

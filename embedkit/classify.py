@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clo
 from sklearn.utils.metaestimators import available_if
 
 from .embeddings import EmbeddingSet, is_embeddings_file
-from .errors import UsageError
+from .errors import BackboneMismatch, UsageError
 
 SCALERS = ("standard", "l2")
 RESAMPLING = ("over", "under")
@@ -233,10 +233,6 @@ def fold_splits(y, cv: int, seed: int, views: int = 0):
 # Training
 
 
-class BackboneMismatch(UsageError):
-    """Features made by another backbone (or layer, pooling, weights) than the model's."""
-
-
 def describe_features(meta: dict) -> str:
     parts = [f"layer {meta.get('layer')}"]
     if meta.get("pool"):
@@ -273,7 +269,8 @@ class TrainedClassifier:
 
     @classmethod
     def load(cls, path) -> "TrainedClassifier":
-        from .artifacts import ArtifactError, load_artifact
+        from .artifacts import load_artifact
+        from .errors import ArtifactError
 
         content = load_artifact(path)
         heads = content.get("heads")

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from .errors import NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from .extract import Summary
 
 
 @dataclass
@@ -23,6 +28,9 @@ class EmbeddingSet:
     vectors: np.ndarray
     label_columns: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    #: What the extraction that made this set did (from the cache, computed, skipped and why);
+    #: None for a set loaded from a file or built by hand.
+    summary: "Summary | None" = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         self.ids = [str(i) for i in self.ids]

@@ -46,6 +46,21 @@ class BadInputError(EmbedkitError):
     exit_code = 5
 
 
+class PluginError(EmbedkitError):
+    """A plugin that cannot be used: it failed to load, or returned something that is not a
+    Backbone."""
+
+    exit_code = 3
+
+
+class BackboneMismatch(UsageError):
+    """Features made by another backbone (or layer, pooling, weights) than a model's."""
+
+
+class ArtifactError(BadInputError):
+    """A model file that is not an embedkit classifier, or that was tampered with."""
+
+
 class StoreError(EmbedkitError):
     """The cache's content is damaged: it fails verification, or its index is not readable."""
 

@@ -123,14 +123,13 @@ class _Items:
 
 
 class _Collate:
-    def __init__(self, backbone):
-        self.backbone = backbone
+    """Separates a loader batch into good samples and errors (runs in the loader workers);
+    the backbone's own `collate` runs in the extracting process, after `accept`."""
 
     def __call__(self, samples):
         ok = [(i, s) for i, s, err in samples if err is None]
         bad = [(i, err) for i, _, err in samples if err is not None]
-        batch = self.backbone.collate([s for _, s in ok]) if ok else None
-        return [i for i, _ in ok], batch, bad
+        return ok, bad
 
 
 def _progress(total: int, enabled: bool | None, unit: str):
@@ -212,7 +211,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         if runtime not in RUNTIMES:
             raise UsageError(f"unknown runtime '{runtime}': choose {', '.join(RUNTIMES)}")
         backbone = with_runtime(backbone, runtime, store.root)
-    in_runtime = getattr(backbone, "runtime", "torch") != "torch"  # validates its own precision
+    in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
     backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
     on_device = False
     if backbone.uses_device and backbone.modality == "image" and decode != "cpu":
@@ -254,14 +253,12 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         raise BadInputError(f"{ds.root}: no item could be embedded ({len(skipped)} skipped); "
                             f"first problem: {skipped[0][1] if skipped else 'empty dataset'}")
     summary.skipped = skipped
-    if callable(getattr(backbone, "report", None)):  # optional: a backbone's own statistics
-        summary.notes.extend(backbone.report())
+    summary.notes.extend(backbone.report())
     summary.seconds = time.perf_counter() - started
     labels = {name: np.asarray([ds.items[i].labels.get(name) for i in rows], dtype=object)
               for name in ds.label_names}
     meta = {"model": backbone.name, "fingerprint": fingerprint, "modality": ds.modality,
-            "layer": getattr(backbone, "layer", None), "pool": getattr(backbone, "pool", None),
-            "normalize": bool(getattr(backbone, "normalize", False)),
+            "layer": backbone.layer, "pool": backbone.pool, "normalize": bool(backbone.normalize),
             "dataset": os.path.abspath(ds.root)}
     result = EmbeddingSet([ds.items[i].id for i in rows],
                           np.stack([found[keys[i]] for i in rows]), labels, meta)
@@ -281,18 +278,27 @@ def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, co
         yield from embed_stream(backbone, [it for _, it in todo], device, batch_size, workers,
                                 compile)
         return
-    dataset, collate = _Items(todo, backbone), _Collate(backbone)
+    dataset, split = _Items(todo, backbone), _Collate()
     if workers:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=collate, pin_memory=device.startswith("cuda"),
+                            collate_fn=split, pin_memory=device.startswith("cuda"),
                             prefetch_factor=4)
     else:
-        loader = (collate([dataset[i] for i in range(start, min(start + batch_size, len(todo)))])
+        loader = (split([dataset[i] for i in range(start, min(start + batch_size, len(todo)))])
                   for start in range(0, len(todo), batch_size))
-    for indices, batch, errors in loader:
-        vectors = np.asarray(backbone.embed(batch), dtype=np.float32) if indices else None
+    for ok, errors in loader:
+        indices, samples = [], []
+        for i, sample in ok:
+            why = backbone.accept(sample)
+            if why is None:
+                indices.append(i)
+                samples.append(sample)
+            else:
+                errors.append((i, f"{todo[i][1].name}: {why}"))
+        vectors = (np.asarray(backbone.embed(backbone.collate(samples)), dtype=np.float32)
+                   if indices else None)
         yield indices, vectors, errors
 
 
@@ -303,7 +309,7 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
     bad: list[tuple[str, str]] = []
     unit = "img" if backbone.modality == "image" else "text"
     desc = {**backbone.describe(), "rebuild": backbone.creation,
-            "precision": getattr(backbone, "precision", "fp32")}
+            "precision": backbone.precision}
     bar = _progress(len(todo), progress, unit)
     try:
         with store.writer(fingerprint, desc) as writer:
@@ -384,11 +390,16 @@ def verify_deep(store: Store, n: int, device: str = "auto", seed: int = 0) -> De
         if item is None:
             report.unchecked.append(f"{label}: its input is no longer on this machine")
             continue
-        batch = backbone.collate([backbone.preprocess(item)])
+        sample = backbone.preprocess(item)
+        why = backbone.accept(sample)
+        if why is not None:
+            report.unchecked.append(f"{label}: {why}")
+            continue
+        batch = backbone.collate([sample])
         fresh = np.asarray(backbone.embed(batch), dtype=np.float64)[0]
         cached = shard.vectors[row].astype(np.float64)
         report.checked += 1
-        tol = TOLERANCE[getattr(backbone, "precision", "fp32")]
+        tol = TOLERANCE[backbone.precision]
         cos = float(fresh @ cached / (np.linalg.norm(fresh) * np.linalg.norm(cached) or 1.0))
         close = cos >= tol["cosine"] and (tol["rtol"] is None or np.allclose(
             fresh, cached, rtol=tol["rtol"], atol=tol["rtol"] * float(np.abs(cached).max())))

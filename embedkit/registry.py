@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from .backbone import Backbone
-from .errors import EmbedkitError, NotFoundError, WeightsUnavailable
+from .errors import NotFoundError, PluginError, WeightsUnavailable
 
 GROUP = "embedkit.backbones"
 FAMILY_METHODS = ("models", "handles", "create")
@@ -40,10 +40,6 @@ class LoadedFamily:
     plugin: FoundPlugin
     family: object | None = None
     error: str | None = None
-
-
-class PluginError(EmbedkitError):
-    exit_code = 3
 
 
 def found_plugins() -> list[FoundPlugin]:

@@ -141,10 +141,15 @@ class RuntimeBackbone(Backbone):
         self.precision = "fp32"
         self._session = None
 
-    def __getattr__(self, name):  # layer, pool, normalize, preprocessing, class_names ...
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    # the wrapped backbone's reading and preprocessing
+    layer = property(lambda self: self.inner.layer)
+    pool = property(lambda self: self.inner.pool)
+    normalize = property(lambda self: self.inner.normalize)
+    preprocessing = property(lambda self: self.inner.preprocessing)
+    class_names = property(lambda self: self.inner.class_names)
+
+    def layer_info(self):
+        return self.inner.layer_info()
 
     @property
     def dim(self):

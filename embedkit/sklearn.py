@@ -99,7 +99,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         if backbone is None:
             backbone = self._build(self.modality_)
             if backbone.fingerprint() != self.fingerprint_:
-                from .classify import BackboneMismatch
+                from .errors import BackboneMismatch
 
                 raise BackboneMismatch(
                     f"{self.model_name_} rebuilt here has fingerprint "

@@ -78,7 +78,11 @@ class SentenceTransformerBackbone(Backbone):
                     if (self.model_dir / f).is_file()] if self.model_dir else "missing")
         return fingerprint_of(modality="text", family=self.family, arch=self.name,
                               weights=weights, layer=LAYER, pool=self.pool,
-                              normalize=self.normalize)
+                              normalize=self.normalize,
+                              # the model is cast to bf16/fp16 for reduced precision: other
+                              # vectors, other keys (fp32 keeps the key it always had)
+                              **({"precision": self.precision} if self.precision != "fp32"
+                                 else {}))
 
     @property
     def model(self):

@@ -11,6 +11,7 @@ for SIF's common component; default gensim's lee_background.cor).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +32,15 @@ def default_sif_reference() -> str:
     from gensim.test.utils import datapath
 
     return datapath("lee_background.cor")
+
+
+@dataclass
+class Tokens:
+    """A preprocessed text: ids of its in-vocabulary tokens, its OOV tokens, its token count."""
+
+    ids: np.ndarray
+    oov: list[str]
+    n_tokens: int
 
 
 class WordVectorBackbone(Backbone):
@@ -118,17 +128,21 @@ class WordVectorBackbone(Backbone):
             self._pooler = pooler
         return self._pooler
 
-    def preprocess(self, item) -> np.ndarray:
-        """Token ids of the in-vocabulary tokens; an all-OOV text raises BadInputError."""
+    def preprocess(self, item) -> Tokens:
+        """Token ids of the in-vocabulary tokens, with the text's OOV tokens and token count:
+        the statistics travel with the sample (`accept` counts them in the extracting
+        process, so DataLoader workers lose nothing)."""
         ids, oov, n_tokens = self._ids(item.text)
-        self.stats.add(n_tokens, oov)
-        if not len(ids):
-            raise all_oov_error(n_tokens, oov)
-        return ids
+        return Tokens(ids, oov, n_tokens)
+
+    def accept(self, sample: Tokens) -> str | None:
+        self.stats.add(sample.n_tokens, sample.oov)
+        return None if len(sample.ids) else str(all_oov_error(sample.n_tokens, sample.oov))
 
     def embed(self, batch) -> np.ndarray:
         pooler = self.pooler
-        out = np.stack([pooler(ids) for ids in batch]).astype(np.float32)
+        out = np.stack([pooler(t.ids if isinstance(t, Tokens) else t) for t in batch]
+                       ).astype(np.float32)
         if self.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)

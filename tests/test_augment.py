@@ -122,7 +122,7 @@ def test_training_with_augmented_rows_and_with_test_time_averaging(digits_small,
     tta = TrainedClassifier.load(train(averaged, "svm-linear", cv=2).save(tmp_path / "t.skops"))
     again = tta.embed(digits_small, progress=False)  # raw images -> the same averaged features
     np.testing.assert_array_equal(again.vectors, averaged.vectors)
-    from embedkit.classify import BackboneMismatch
+    from embedkit.errors import BackboneMismatch
 
     with pytest.raises(BackboneMismatch, match="averaged over 1 augmented views"):
         tta.predict(base)

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_validate
 
-from embedkit.artifacts import ArtifactError, load_artifact
-from embedkit.classify import (CLASSIFIERS, BackboneMismatch, Resampled, TrainedClassifier,
+from embedkit.artifacts import load_artifact
+from embedkit.errors import ArtifactError, BackboneMismatch
+from embedkit.classify import (CLASSIFIERS, Resampled, TrainedClassifier,
                                build_pipeline, fold_splits, resample_rows, train)
 from embedkit.embeddings import EmbeddingSet
 from embedkit.errors import UsageError

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from embedkit import samples
-from embedkit.errors import BadInputError, NotFoundError, UsageError
+from embedkit.errors import BadInputError, NotFoundError
 from embedkit.inputs import load_image, open_dataset
 
 

@@ -132,9 +132,10 @@ def test_sif_follows_the_paper(glove):
     backbone = create_backbone("glove-6b-50d", pool="sif")
     texts = ["the cat sat on the mat", "stocks fell sharply in early trading",
              "a truly wonderful and moving film"]
-    ids = [backbone.preprocess(Item(str(i), text=t)) for i, t in enumerate(texts)]
-    batch = backbone.embed(ids)
-    alone = backbone.embed([ids[1]])[0]
+    tokens = [backbone.preprocess(Item(str(i), text=t)) for i, t in enumerate(texts)]
+    batch = backbone.embed(tokens)
+    alone = backbone.embed([tokens[1]])[0]
+    ids = [t.ids for t in tokens]
     np.testing.assert_allclose(alone, batch[1], rtol=1e-6)  # independent of the batch
     pooler = backbone.pooler
     p, source = word_probabilities(glove)
