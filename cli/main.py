@@ -151,15 +151,12 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, with
 
     if output:
         check_output_suffix(output)
-    if limit is not None:  # a backbone option only word vectors take
-        model = embedkit.create_backbone(model or "glove-6b-50d", layer=layer, pool=pool,
-                                         normalize=normalize or None, weights=weights,
-                                         limit=limit)
     result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
                               weights=weights, cache=cache, batch_size=batch_size, device=device,
                               precision=precision, workers=workers, runtime=runtime,
                               compile=compile_, progress=False if quiet else None, strict=strict,
-                              label=label, within=within)
+                              label=label, within=within,
+                              backbone_options={"limit": limit} if limit is not None else None)
     if output:
         result.save(output)
     summary = result.summary

@@ -299,7 +299,7 @@ class TrainedClassifier:
         """Features for `inputs` exactly as the training features were made: a saved set (or
         EmbeddingSet) is checked; raw images / texts / datasets go through the recorded backbone
         (and test-time augmentation) and the cache."""
-        from .registry import create_backbone
+        from .registry import backbone_from_meta
 
         if isinstance(inputs, EmbeddingSet) or is_embeddings_file(inputs):
             from .extract import embeddings_of
@@ -311,8 +311,7 @@ class TrainedClassifier:
         if not f.get("model"):
             raise UsageError(f"{self.path or 'the model'} was trained on features of unknown "
                              "origin; it can only take saved features, not raw inputs")
-        backbone = create_backbone(f["model"], layer=f.get("layer"), pool=f.get("pool"),
-                                   normalize=f.get("normalize") or None, weights=f.get("weights"))
+        backbone = backbone_from_meta(f)
         base = f.get("base_fingerprint") or f.get("fingerprint")
         if backbone.fingerprint() != base:
             raise BackboneMismatch(
@@ -440,7 +439,7 @@ def training_features(spec, model=None, *, augment: int = 0, augment_mode: str =
 def _feature_recipe(es: EmbeddingSet, weights) -> dict:
     meta = es.meta
     recipe = {k: meta.get(k) for k in ("model", "layer", "pool", "normalize", "fingerprint",
-                                         "modality")}
+                                         "modality", "backbone")}
     recipe.update(dim=es.dim, weights=weights, augment=meta.get("augment"))
     if meta.get("augment"):
         recipe["base_fingerprint"] = meta["augment"].get("base_fingerprint")

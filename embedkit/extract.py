@@ -22,7 +22,7 @@ from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
 from .files import available_cores, display_name
 from .inputs import Dataset, Item, open_dataset, text_sha256
-from .registry import create_backbone, default_model
+from .registry import backbone_from_meta, create_backbone, default_model
 from .store import Store
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -176,7 +176,8 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             cache=None, batch_size: int = 32, device: str = "auto", precision: str = "auto",
             workers: int | None = None, progress: bool | None = None, strict: bool = False,
             label: str | None = None, within: str | None = None, runtime: str = "torch",
-            compile: bool = False, decode: str = "auto") -> EmbeddingSet:
+            compile: bool = False, decode: str = "auto",
+            backbone_options: dict | None = None) -> EmbeddingSet:
     """Embed a dataset (folder, manifest, text file, list, bundled sample name) through the cache.
 
     Returns an EmbeddingSet in dataset order (skipped items left out); `result.summary` tells
@@ -189,9 +190,15 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     """
     started = time.perf_counter()
     ds = open_dataset(dataset, label=label, within=within)
-    backbone = model if isinstance(model, Backbone) else create_backbone(
-        model or default_model(ds.modality), layer=layer, pool=pool,
-        normalize=normalize or None, weights=weights)
+    if isinstance(model, Backbone):
+        if backbone_options:
+            raise UsageError("backbone_options apply when the model is given by name; "
+                             f"{model.name} is already built")
+        backbone = model
+    else:  # options pass straight through to the plugin that understands them
+        backbone = create_backbone(model or default_model(ds.modality), layer=layer, pool=pool,
+                                   normalize=normalize or None, weights=weights,
+                                   **(backbone_options or {}))
     if backbone.modality != ds.modality:
         raise UsageError(f"{backbone.name} embeds {backbone.modality}s but {ds.root} holds "
                          f"{ds.modality}s; pick a {ds.modality} model (embedkit models)")
@@ -259,7 +266,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
               for name in ds.label_names}
     meta = {"model": backbone.name, "fingerprint": fingerprint, "modality": ds.modality,
             "layer": backbone.layer, "pool": backbone.pool, "normalize": bool(backbone.normalize),
-            "dataset": os.path.abspath(ds.root)}
+            "dataset": os.path.abspath(ds.root), "backbone": backbone.creation}
     result = EmbeddingSet([ds.items[i].id for i in rows],
                           np.stack([found[keys[i]] for i in rows]), labels, meta)
     result.summary = summary
@@ -416,7 +423,7 @@ def _rebuild(description: dict, fingerprint: str, device: str):
     if not spec:
         return "its backbone was not built by name (no recipe to rebuild it)"
     try:
-        backbone = create_backbone(spec["name"], **spec.get("options", {}))
+        backbone = backbone_from_meta({"backbone": spec})
         # the recorded precision is part of the key (bf16 autocast runs on the CPU too)
         backbone.to(device, description.get("precision", "fp32"))
         if backbone.fingerprint() != fingerprint:

@@ -116,5 +116,18 @@ def create_backbone(name: str, **options) -> Backbone:
     return backbone
 
 
+def backbone_from_meta(meta: dict) -> Backbone:
+    """Rebuild exactly the backbone that made an EmbeddingSet, from its meta: the registry
+    recipe (`meta["backbone"]`: name and every option it was created with), else the older
+    separate fields (model, layer, pool, normalize, weights)."""
+    recipe = meta.get("backbone")
+    if recipe:
+        return create_backbone(recipe["name"], **recipe.get("options", {}))
+    if not meta.get("model"):
+        raise NotFoundError("these embeddings do not say which model made them; give --model")
+    return create_backbone(meta["model"], layer=meta.get("layer"), pool=meta.get("pool"),
+                           normalize=meta.get("normalize") or None, weights=meta.get("weights"))
+
+
 def default_model(modality: str) -> str:
     return {"image": "efficientnet_lite0", "text": "glove-6b-50d"}[modality]
