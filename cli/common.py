@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -68,6 +69,35 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 cache_option = click.option("--cache", type=click.Path(file_okay=False), default=None,
                             envvar="EMBEDKIT_HOME",
                             help="Cache folder (default ~/.cache/embedkit, or $EMBEDKIT_HOME).")
+
+
+def choice(options) -> click.Choice:
+    """A click Choice built from a core declaration (embedkit.options), never a copy of it."""
+    return click.Choice(list(options.values))
+
+
+def run_options(f):
+    """--batch-size, --device, --precision, --quiet: how the backbone runs.  The command
+    receives them as one `run` dict, ready for `embedkit.extract(**run)`."""
+    from embedkit.options import PRECISIONS
+
+    @functools.wraps(f)
+    def command(*args, batch_size, device, precision, quiet, **kwargs):
+        return f(*args, run={"batch_size": batch_size, "device": device,
+                             "precision": precision, "progress": False if quiet else None},
+                 **kwargs)
+
+    options = [
+        click.option("--batch-size", "-b", type=int, default=32, show_default=True),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda, cuda:1, mps."),
+        click.option("--precision", type=choice(PRECISIONS), default="auto", show_default=True,
+                     help="auto = bf16 autocast on CUDA, fp32 elsewhere."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def model_options(f):

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, emit_json, json_option, model_options, table
+from embedkit.cli.common import cache_option, choice, emit_json, json_option, model_options, \
+    run_options, table
+from embedkit.options import AUGMENT_MODES, CLASSIFIER_NAMES, PROJECTIONS, RESAMPLING, SCALERS
 
-CLASSIFIER_NAMES = ["svm-linear", "svm-rbf", "logreg", "knn", "ridge", "random-forest", "mlp"]
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="auto, cpu, cuda, cuda:1, mps.")
 
 
 def _extraction_note(es):
@@ -24,24 +22,24 @@ def _extraction_note(es):
 @click.command()
 @click.argument("features_or_dataset")
 @model_options
-@click.option("--classifier", "-c", type=click.Choice(CLASSIFIER_NAMES), default="svm-linear",
+@click.option("--classifier", "-c", type=choice(CLASSIFIER_NAMES), default="svm-linear",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Where to save the model (.skops).")
 @click.option("--cv", type=int, default=5, show_default=True,
               help="Folds of the stratified cross-validation that picks hyper-parameters.")
-@click.option("--scale", type=click.Choice(["standard", "l2"]), default="standard",
+@click.option("--scale", type=choice(SCALERS), default="standard",
               show_default=True, help="StandardScaler or L2 Normalizer before the classifier.")
 @click.option("--class-weight", type=click.Choice(["balanced"]), default=None,
               help="Weigh classes by inverse frequency.")
-@click.option("--resample", type=click.Choice(["over", "under"]), default=None,
+@click.option("--resample", type=choice(RESAMPLING), default=None,
               help="Balance classes by random over-/under-sampling inside the training folds.")
 @click.option("--augment", type=int, default=0, metavar="N",
               help="N augmented views per image (images only; cached like any embedding).")
 @click.option("--augment-recipe", default=None, metavar="RECIPE",
               help="Transformations, default 'hflip,crop=0.85,jitter=0.2' "
                    "(also vflip, rotate=DEGREES).")
-@click.option("--augment-mode", type=click.Choice(["rows", "average"]), default="rows",
+@click.option("--augment-mode", type=choice(AUGMENT_MODES), default="rows",
               show_default=True,
               help="rows: views are extra training rows; average: every embedding (training and "
                    "prediction) is the mean over the original and its views.")
@@ -52,14 +50,12 @@ def _extraction_note(es):
 @click.option("--label", "labels", multiple=True,
               help="Label column(s) to learn, one head each (default: all label columns).")
 @click.option("--jobs", type=int, default=None, help="Parallel fits in the grid search.")
-@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
-@device_option
-@quiet_option
+@run_options
 @cache_option
 @json_option
 def train(features_or_dataset, model, layer, pool, normalize, weights, classifier, output, cv,
           scale, class_weight, resample, augment, augment_recipe, augment_mode, holdout, seed,
-          labels, jobs, batch_size, device, quiet, cache, as_json):
+          labels, jobs, cache, as_json, run):
     """Train a light classifier on frozen embeddings and save it as a skops file.
 
     FEATURES_OR_DATASET is a saved EmbeddingSet (.parquet) or a dataset (folder with class
@@ -78,8 +74,7 @@ def train(features_or_dataset, model, layer, pool, normalize, weights, classifie
     features, extra = training_features(
         features_or_dataset, model, augment=augment, augment_mode=augment_mode,
         recipe=augment_recipe, seed=seed, layer=layer, pool=pool, normalize=normalize,
-        weights=weights, label=labels[0] if labels else None, cache=cache,
-        batch_size=batch_size, device=device, progress=False if quiet else None)
+        weights=weights, label=labels[0] if labels else None, cache=cache, **run)
     _extraction_note(features)
     trained = train_heads(features, classifier, tasks=labels or None, cv=cv, scale=scale,
                           class_weight=class_weight, resample=resample, seed=seed,
@@ -119,12 +114,10 @@ def _per_task_path(path: str, task: str, several: bool) -> Path:
 @click.argument("data")
 @click.option("--confusion", type=click.Path(dir_okay=False), default=None,
               help="Save the confusion matrix as PNG (one file per task: NAME-TASK.png).")
-@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
-@device_option
-@quiet_option
+@run_options
 @cache_option
 @json_option
-def evaluate(model_file, data, confusion, batch_size, device, quiet, cache, as_json):
+def evaluate(model_file, data, confusion, cache, as_json, run):
     """Score MODEL on labelled DATA: accuracy, balanced accuracy, F1, per-class precision and
     recall, ROC-AUC / PR-AUC, confusion matrix.
 
@@ -138,8 +131,7 @@ def evaluate(model_file, data, confusion, batch_size, device, quiet, cache, as_j
     from embedkit.plots import confusion_matrix_png
 
     trained = TrainedClassifier.load(model_file)
-    es = trained.embed(data, cache=cache, batch_size=batch_size, device=device,
-                       progress=False if quiet else None)
+    es = trained.embed(data, cache=cache, **run)
     _extraction_note(es)
     reports = trained.evaluate(es)
     written = {}
@@ -172,12 +164,10 @@ def evaluate(model_file, data, confusion, batch_size, device, quiet, cache, as_j
 @click.argument("inputs")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write predictions to .csv or .json (default: a table on stdout).")
-@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
-@device_option
-@quiet_option
+@run_options
 @cache_option
 @json_option
-def predict(model_file, inputs, output, batch_size, device, quiet, cache, as_json):
+def predict(model_file, inputs, output, cache, as_json, run):
     """Predict labels for INPUTS (images, texts, a dataset, or saved features of the model's
     backbone), with class probabilities where the classifier gives them.
 
@@ -191,8 +181,7 @@ def predict(model_file, inputs, output, batch_size, device, quiet, cache, as_jso
     if output and suffix not in (".csv", ".json"):
         raise UsageError(f"{output}: write predictions as .csv or .json")
     trained = TrainedClassifier.load(model_file)
-    es = trained.embed(inputs, cache=cache, batch_size=batch_size, device=device,
-                       progress=False if quiet else None)
+    es = trained.embed(inputs, cache=cache, **run)
     _extraction_note(es)
     rows = trained.predictions(es)
     if output:
@@ -223,14 +212,14 @@ def _write_rows(rows: list[dict], path: Path, suffix: str):
 @model_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="PNG file to write.")
-@click.option("--method", type=click.Choice(["pca", "tsne", "umap"]), default="pca",
+@click.option("--method", type=choice(PROJECTIONS), default="pca",
               show_default=True, help="2-D projection (umap needs: pip install 'embedkit[umap]').")
 @click.option("--label", default=None, help="Label column that colours the points.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@quiet_option
+@run_options
 @cache_option
-def plot(features, model, layer, pool, normalize, weights, output, method, label, seed, quiet,
-         cache):
+def plot(features, model, layer, pool, normalize, weights, output, method, label, seed, cache,
+         run):
     """Draw a 2-D map of FEATURES (saved set, or dataset + --model), coloured by label.
 
     \b
@@ -240,8 +229,7 @@ def plot(features, model, layer, pool, normalize, weights, output, method, label
     from embedkit.plots import embedding_map
 
     es = embeddings_of(features, model, layer=layer, pool=pool, normalize=normalize,
-                       weights=weights, cache=cache, label=label,
-                       progress=False if quiet else None)
+                       weights=weights, cache=cache, label=label, **run)
     _extraction_note(es)
     embedding_map(es, output, method=method, label=label, seed=seed)
     click.echo(f"saved {method} map of {len(es)} items to {output}")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from embedkit.cli.common import EmbedkitGroup, cache_option, emit_json, json_option, \
-    model_options, table
+from embedkit.cli.common import EmbedkitGroup, cache_option, choice, emit_json, json_option, \
+    model_options, run_options, table
+from embedkit.options import MODALITIES, RUNTIMES
 
 
 @click.group(cls=EmbedkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +22,7 @@ def cli():
 
 
 @cli.command()
-@click.option("--modality", type=click.Choice(["image", "text"]), default=None)
+@click.option("--modality", type=choice(MODALITIES), default=None)
 @click.option("--available", is_flag=True, help="Only backbones whose weights are here now.")
 @json_option
 def models(modality, available, as_json):
@@ -123,24 +124,19 @@ def datasets_export(name, folder, per_class, skip):
               help="Refuse manifest paths that resolve outside this folder.")
 @click.option("--limit", type=int, default=None,
               help="Word vectors: keep only the N most frequent words.")
-@click.option("--batch-size", "-b", type=int, default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="auto = bf16 autocast on CUDA, fp32 elsewhere.")
+@run_options
 @click.option("--workers", type=int, default=None,
               help="Decode workers (default: one per available core).")
-@click.option("--runtime", type=click.Choice(["torch", "onnx", "openvino"]), default="torch",
+@click.option("--runtime", type=choice(RUNTIMES), default="torch",
               show_default=True, help="CPU inference runtime for image backbones "
               "(onnx / openvino: extras embedkit[onnx] / embedkit[openvino]).")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model (GPU path; pays off on large runs).")
 @click.option("--strict", is_flag=True, help="Fail on the first bad item instead of skipping it.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @cache_option
 @json_option
 def extract(dataset, model, layer, pool, normalize, weights, output, label, within, limit,
-            batch_size, device, precision, workers, runtime, compile_, strict, quiet, cache,
-            as_json):
+            workers, runtime, compile_, strict, cache, as_json, run):
     """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
 
     \b
@@ -152,10 +148,8 @@ def extract(dataset, model, layer, pool, normalize, weights, output, label, with
     if output:
         check_output_suffix(output)
     result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
-                              weights=weights, cache=cache, batch_size=batch_size, device=device,
-                              precision=precision, workers=workers, runtime=runtime,
-                              compile=compile_, progress=False if quiet else None, strict=strict,
-                              label=label, within=within,
+                              weights=weights, cache=cache, workers=workers, runtime=runtime,
+                              compile=compile_, strict=strict, label=label, within=within, **run,
                               backbone_options={"limit": limit} if limit is not None else None)
     if output:
         result.save(output)

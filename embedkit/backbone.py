@@ -19,11 +19,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import BadInputError, BadWeights, NotFoundError, UsageError
+from .options import POOLINGS
 
 #: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
 VECTOR_FORMAT_VERSION = 1
 
-POOLINGS = ("avg", "max", "gem", "flatten")
 #: Resizing the short side must not create more pixels than this (extreme aspect ratios).
 RESIZE_LIMIT = 16_000_000
 #: `--pool flatten` refuses layers whose flattened output is larger than this many values.
@@ -280,7 +280,7 @@ def pool_features(x, pool: str | None):
         return x.amax(dim=dims)
     if pool == "gem":
         return x.float().clamp(min=1e-6).pow(3).mean(dim=dims).pow(1.0 / 3)
-    raise UsageError(f"unknown pooling '{pool}': choose one of {', '.join(POOLINGS)}")
+    POOLINGS.check(pool)
 
 
 @dataclass
@@ -360,8 +360,8 @@ class TorchImageBackbone(Backbone):
             raise NotFoundError(
                 f"{self.name} has no layer '{self.layer}'.{hint} "
                 f"List them with: embedkit layers {self.name}")
-        if self.pool is not None and self.pool not in POOLINGS:
-            raise UsageError(f"unknown pooling '{self.pool}': choose one of {', '.join(POOLINGS)}")
+        if self.pool is not None:
+            POOLINGS.check(self.pool)
         shape = info[self.layer].shape
         if len(shape) == 1 and self.pool not in (None,):
             raise UsageError(

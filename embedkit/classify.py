@@ -26,10 +26,8 @@ from sklearn.utils.metaestimators import available_if
 
 from .embeddings import EmbeddingSet, is_embeddings_file
 from .errors import BackboneMismatch, UsageError
+from .options import AUGMENT_MODES, CLASSIFIER_NAMES, RESAMPLING, SCALERS
 
-SCALERS = ("standard", "l2")
-RESAMPLING = ("over", "under")
-AUGMENT_MODES = ("rows", "average")
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,7 @@ def resample_rows(y, strategy: str, seed: int = 0) -> np.ndarray:
     """Row indices that balance the classes of y: 'over' draws extra rows of the smaller classes
     (with replacement) up to the largest; 'under' keeps a random subset of every class the size
     of the smallest.  Sorted, so the original order is kept."""
-    if strategy not in RESAMPLING:
-        raise UsageError(f"unknown resampling '{strategy}': choose {' or '.join(RESAMPLING)}")
+    RESAMPLING.check(strategy)
     y = np.asarray(y)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(y, return_counts=True)
@@ -151,18 +148,16 @@ class Resampled(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
 def check_options(classifier: str, *, scale: str = "standard", class_weight: str | None = None,
                   resample: str | None = None):
     """Refuse an unknown or ill-fitting choice before any work is done."""
-    if classifier not in CLASSIFIERS:
-        raise UsageError(f"unknown classifier '{classifier}': choose {', '.join(CLASSIFIERS)}")
-    if scale not in SCALERS:
-        raise UsageError(f"unknown scaling '{scale}': choose {' or '.join(SCALERS)}")
+    CLASSIFIER_NAMES.check(classifier)
+    SCALERS.check(scale)
     if class_weight is not None:
         if class_weight != "balanced":
             raise UsageError(f"class weight '{class_weight}': only 'balanced' is offered")
         if not CLASSIFIERS[classifier].class_weight:
             raise UsageError(f"{classifier} takes no class weights; balance it with "
                              "--resample over (or under) instead")
-    if resample is not None and resample not in RESAMPLING:
-        raise UsageError(f"unknown resampling '{resample}': choose {' or '.join(RESAMPLING)}")
+    if resample is not None:
+        RESAMPLING.check(resample)
 
 
 def build_pipeline(classifier: str = "svm-linear", *, scale: str = "standard",
@@ -294,11 +289,12 @@ class TrainedClassifier:
             raise BackboneMismatch(f"features have {es.dim} dimensions, {where} expects "
                                    f"{mine.get('dim')}")
 
-    def embed(self, inputs, *, cache=None, batch_size: int = 32, device: str = "auto",
-              progress: bool | None = None, label: str | None = None) -> EmbeddingSet:
+    def embed(self, inputs, *, cache=None, label: str | None = None,
+              **run) -> EmbeddingSet:
         """Features for `inputs` exactly as the training features were made: a saved set (or
         EmbeddingSet) is checked; raw images / texts / datasets go through the recorded backbone
-        (and test-time augmentation) and the cache."""
+        (and test-time augmentation) and the cache.  `run`: how the backbone runs (batch_size,
+        device, precision, progress), passed to `extract`."""
         from .registry import backbone_from_meta
 
         if isinstance(inputs, EmbeddingSet) or is_embeddings_file(inputs):
@@ -319,9 +315,8 @@ class TrainedClassifier:
                 f"{f['model']} built here has fingerprint {backbone.fingerprint()[:12]} "
                 f"(other weights or another embedkit version); pass the same --weights or "
                 f"retrain")
-        es = embed_with_recipe(inputs, backbone, f.get("augment"), cache=cache,
-                               batch_size=batch_size, device=device, progress=progress,
-                               label=label)
+        es = embed_with_recipe(inputs, backbone, f.get("augment"), cache=cache, label=label,
+                               **run)
         self.check_features(es)
         return es
 
@@ -412,9 +407,7 @@ def training_features(spec, model=None, *, augment: int = 0, augment_mode: str =
     if not augment:
         return embeddings_of(spec, model, layer=layer, pool=pool, normalize=normalize,
                              weights=weights, label=label, **extract_options), []
-    if augment_mode not in AUGMENT_MODES:
-        raise UsageError(f"unknown augmentation mode '{augment_mode}': choose "
-                         f"{' or '.join(AUGMENT_MODES)}")
+    AUGMENT_MODES.check(augment_mode)
     if isinstance(spec, EmbeddingSet) or is_embeddings_file(spec):
         raise UsageError("--augment needs the images themselves: give the dataset (and --model), "
                          "not saved features")

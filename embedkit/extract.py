@@ -21,11 +21,11 @@ from .backbone import Backbone
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
 from .files import available_cores, display_name
+from .options import DECODES, PRECISIONS, RUNTIMES, at_least
 from .inputs import Dataset, Item, open_dataset, text_sha256
 from .registry import backbone_from_meta, create_backbone, default_model
 from .store import Store
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -82,8 +82,7 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision '{precision}': choose {', '.join(PRECISIONS)}")
+    PRECISIONS.check(precision)
     if precision == "auto":
         return "bf16" if device.startswith("cuda") else "fp32"
     if precision != "fp32" and device == "cpu":
@@ -202,21 +201,17 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     if backbone.modality != ds.modality:
         raise UsageError(f"{backbone.name} embeds {backbone.modality}s but {ds.root} holds "
                          f"{ds.modality}s; pick a {ds.modality} model (embedkit models)")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers must be 0 or more, not {workers}")
+    at_least("--batch-size", batch_size, 1)
+    if workers is not None:
+        at_least("--workers", workers, 0)
     dev = pick_device(device if backbone.uses_device else "cpu")
     store = cache if isinstance(cache, Store) else Store(cache)
     # fast paths (docs/performance.md): a CPU runtime, decoding on the device; each has its own
     # fingerprint part.  Neither applies to backbones that use no device (no torch import).
-    if decode not in ("auto", "cpu", "device"):
-        raise UsageError(f"unknown decode '{decode}': choose auto, cpu or device")
-    if runtime != "torch":
-        from .runtimes import RUNTIMES, with_runtime
+    DECODES.check(decode)
+    if RUNTIMES.check(runtime) != "torch":
+        from .runtimes import with_runtime
 
-        if runtime not in RUNTIMES:
-            raise UsageError(f"unknown runtime '{runtime}': choose {', '.join(RUNTIMES)}")
         backbone = with_runtime(backbone, runtime, store.root)
     in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
     backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .options import PROJECTIONS
+
 
 def _pyplot():
     import matplotlib
@@ -62,16 +64,12 @@ def confusion_matrix_png(report: dict, path, title: str = "") -> Path:
                    xlabel="predicted", ylabel="true")
 
 
-PROJECTIONS = ("pca", "tsne", "umap")
-
-
 def project_2d(vectors, method: str = "pca", seed: int = 0) -> np.ndarray:
     """[n, d] -> [n, 2] by PCA, t-SNE (perplexity capped for small sets) or UMAP."""
     from .errors import MissingExtra, UsageError
 
     x = np.asarray(vectors, dtype=np.float64)
-    if method not in PROJECTIONS:
-        raise UsageError(f"unknown projection '{method}': choose {', '.join(PROJECTIONS)}")
+    PROJECTIONS.check(method)
     if len(x) < 3:
         raise UsageError(f"a 2-D map needs at least 3 items, got {len(x)}")
     if method == "pca":

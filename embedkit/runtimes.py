@@ -31,8 +31,8 @@ import torch
 from .backbone import Backbone, TorchImageBackbone, fingerprint_of, pool_features
 from .errors import MissingExtra, UsageError
 from .files import available_cores
+from .options import RUNTIMES
 
-RUNTIMES = ("torch", "onnx", "openvino")
 #: Bumped when the export changes (opset, exporter options): old exported files then miss.
 EXPORT_VERSION = 1
 OPSET = 18
@@ -129,8 +129,8 @@ class RuntimeBackbone(Backbone):
     """
 
     def __init__(self, inner: TorchImageBackbone, runtime: str, folder: Path):
-        if runtime not in RUNTIMES[1:]:
-            raise UsageError(f"unknown runtime '{runtime}': choose {', '.join(RUNTIMES)}")
+        if RUNTIMES.check(runtime) == "torch":
+            raise UsageError("RuntimeBackbone wraps a backbone for onnx or openvino, not torch")
         if not isinstance(inner, TorchImageBackbone):
             raise UsageError(f"--runtime {runtime} runs torch image backbones; {inner.name} is "
                              f"a {inner.modality} model (use --runtime torch)")

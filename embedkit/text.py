@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import BadInputError, UsageError
+from .options import TEXT_POOLINGS
 
 #: Bumped when the tokeniser or the pooling arithmetic changes (part of the fingerprint).
 TEXT_POOLING_VERSION = 1
-POOLINGS = ("mean", "sif")
 SIF_A = 1e-3
 
 _TOKEN = re.compile(r"""
@@ -132,8 +132,7 @@ class TextPooler:
 
     def __init__(self, vectors, pooling: str = "mean", probabilities=None, a: float = SIF_A,
                  component=None):
-        if pooling not in POOLINGS:
-            raise UsageError(f"unknown text pooling '{pooling}': choose {' or '.join(POOLINGS)}")
+        TEXT_POOLINGS.check(pooling)
         if pooling == "sif" and probabilities is None:
             raise UsageError("SIF pooling needs word probabilities")
         self.vectors = vectors

@@ -18,6 +18,7 @@ import numpy as np
 from embedkit.backbone import (Backbone, BackboneFamily, WeightsSource, file_sha256,
                                fingerprint_of, unknown_options)
 from embedkit.errors import NotFoundError, UsageError
+from embedkit.options import TEXT_POOLINGS, at_least
 from embedkit.text import (SIF_A, TEXT_POOLING_VERSION, OOVStats, TextPooler, all_oov_error,
                            token_ids, tokenize, word_probabilities)
 from embedkit.wordvectors import (GLOVE_NAME, glove_files, load_glove, load_vectors,
@@ -59,9 +60,9 @@ class WordVectorBackbone(Backbone):
             raise NotFoundError(f"{name} has one layer, '{LAYER}' (choose the text pooling with "
                                 "--pool mean|sif)")
         if pool not in POOL_ALIASES:
-            raise UsageError(f"{name}: unknown text pooling '{pool}'; choose mean or sif")
-        if limit is not None and int(limit) < 1:
-            raise UsageError(f"limit must be at least 1, not {limit}")
+            TEXT_POOLINGS.check(pool, where=name)
+        if limit is not None:
+            at_least("limit", limit, 1)
         if sif_reference is not None and not os.path.isfile(sif_reference):
             raise NotFoundError(f"{sif_reference}: no such SIF reference corpus file")
         self.name = name

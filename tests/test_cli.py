@@ -72,7 +72,8 @@ def test_extract_then_cache_maintenance(tmp_path, digits_small):
     assert second["computed"] == 0 and second["cache_hits"] == 20
     info = json.loads(run("cache", "info", "--cache", cache, "--json").output)
     assert info["vectors"] == 20 and info["models"][0]["name"] == "efficientnet_lite0"
-    assert run("cache", "verify", "--cache", cache).output.strip() == "ok"
+    assert run("cache", "verify", "--cache", cache).output.strip() == \
+        "ok: every shard matches its checksum"
     assert "->" in run("cache", "compact", "--cache", cache).output
     assert "removed" in run("cache", "clear", "--cache", cache, "--yes").output
     assert json.loads(run("cache", "info", "--cache", cache, "--json").output)["vectors"] == 0

@@ -135,3 +135,10 @@ def test_third_party_plugin_installed_as_a_package_is_discovered_and_used(tmp_pa
 
     es = load_embeddings(tmp_path / "t.parquet")
     assert es.vectors.tolist() == [[5, 3], [11, 2]]
+
+
+def test_the_cli_lists_exactly_the_classifiers_the_core_builds():
+    from embedkit.classify import CLASSIFIERS
+    from embedkit.options import CLASSIFIER_NAMES
+
+    assert tuple(CLASSIFIERS) == CLASSIFIER_NAMES.values
