@@ -23,32 +23,43 @@ def cli():
 
 @cli.command()
 @click.option("--modality", type=choice(MODALITIES), default=None)
-@click.option("--available", is_flag=True, help="Only backbones whose weights are here now.")
+@click.option("--available", is_flag=True,
+              help="Only backbones whose weights are here now (with where they come from).")
+@click.option("--detail", is_flag=True,
+              help="Also weights, default layer and dimension (probes each architecture).")
 @json_option
-def models(modality, available, as_json):
-    """List registered backbones: family, default layer, dim, weights and offline availability.
+def models(modality, available, detail, as_json):
+    """List registered backbones by name and family, at once.
 
     \b
-    Example: embedkit models --modality image --available
+    Example: embedkit models --modality image
+             embedkit models --available       # weights on this machine now
+             embedkit models --detail          # with weights, default layer and dim
     """
     from embedkit.registry import broken_plugins, create_backbone, list_models
 
     rows = []
     for name, family in list_models(modality):
+        row = {"name": name, "modality": family.modality, "family": family.name}
         try:
-            backbone = create_backbone(name)
-            if available and not backbone.source.available:
-                continue
-            rows.append(backbone.describe())
+            if available or detail:
+                backbone = create_backbone(name)  # no weights loaded
+                source = backbone.source
+                if available and not source.available:
+                    continue
+                row = backbone.describe() if detail else {
+                    **row, "offline": source.available, "weights": source.description}
+            rows.append(row)
         except Exception as exc:  # one bad backbone never breaks the listing
-            rows.append({"name": name, "modality": family.modality, "family": family.name,
-                         "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
     for b in broken_plugins():
         rows.append({"name": f"<plugin {b.plugin.name}>", "family": b.plugin.package,
                      "error": b.error})
     if as_json:
         return emit_json(rows)
-    click.echo(table(rows, ["name", "modality", "family", "layer", "dim", "offline", "weights"]))
+    columns = ["name", "modality", "family", *(["layer", "dim"] if detail else []),
+               *(["offline", "weights"] if detail or available else [])]
+    click.echo(table(rows, columns))
     for r in rows:
         if r.get("error"):
             click.echo(f"! {r['name']}: {r['error']}", err=True)

@@ -518,29 +518,39 @@ def _parameters_on_meta():
         torch.nn.Module.register_parameter = register
 
 
-def _layer_shape_cache(key: str, probe) -> dict[str, LayerInfo]:
-    import torch
-
+def remembered(filename: str, key: str, compute: Callable[[], Any]) -> Any:
+    """`compute()` once per `key`, remembered as JSON in `filename` under the cache folder
+    (layer shapes per architecture, a library's model list per version).  Keys should name the
+    library versions the answer depends on.  A read-only or damaged file only costs a
+    recomputation."""
+    from .files import atomic_write
     from .store import default_root
 
-    path = default_root() / "layer-shapes.json"
-    key = f"{key}/torch-{torch.__version__}/format-{VECTOR_FORMAT_VERSION}"
+    path = default_root() / filename
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
     if key in known:
-        return {n: LayerInfo(n, m, tuple(s), h) for n, m, s, h in known[key]}
-    layers = probe()
-    known[key] = [[i.name, i.module, list(i.shape), i.hook] for i in layers.values()]
+        return known[key]
+    known[key] = value = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(known))
     except OSError:
-        pass  # a read-only cache only costs a re-probe next time
-    return layers
+        pass
+    return value
+
+
+def _layer_shape_cache(key: str, probe) -> dict[str, LayerInfo]:
+    import torch
+
+    def shapes():
+        return [[i.name, i.module, list(i.shape), i.hook] for i in probe().values()]
+
+    rows = remembered("layer-shapes.json",
+                      f"{key}/torch-{torch.__version__}/format-{VECTOR_FORMAT_VERSION}", shapes)
+    return {n: LayerInfo(n, m, tuple(s), h) for n, m, s, h in rows}
 
 
 def last_linear(model) -> str:

@@ -11,7 +11,7 @@ import os
 
 from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
                                WeightsSource, file_sha256, last_linear, load_state_dict_file,
-                               unknown_options)
+                               remembered, unknown_options)
 from embedkit.errors import WeightsUnavailable
 
 PREFIXES = ("resnet", "resnext", "wide_resnet", "vgg", "efficientnet_b", "efficientnet_v2",
@@ -20,9 +20,16 @@ OPTIONS = ("layer", "pool", "normalize", "weights")
 
 
 def _names() -> list[str]:
-    from torchvision import models
+    """torchvision's classification models of the listed families, remembered per torchvision
+    version: importing torchvision costs seconds, a listing should not."""
+    from importlib.metadata import version
 
-    return sorted(n for n in models.list_models(module=models) if n.startswith(PREFIXES))
+    def names():
+        from torchvision import models
+
+        return sorted(n for n in models.list_models(module=models) if n.startswith(PREFIXES))
+
+    return remembered("torchvision-models.json", f"torchvision-{version('torchvision')}", names)
 
 
 def hub_cache_file(url: str) -> str:
