@@ -105,12 +105,16 @@ def read_analogies(path: str,
     Returns a list of (section name, questions), each question the four words [a, b, c,
     expected] of a line ("a is to b as c is to expected"), upper-cased when `case_insensitive`.
     A line ': name' opens a section; lines of any other word count are skipped without being
-    counted (as gensim does).  A question before the first section header is a BadInputError.
+    counted (as gensim does).  A question before the first section header, or a line that
+    is not UTF-8, is a BadInputError.
     """
     sections: list[tuple[str, list[list[str]]]] = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            line = raw.decode("utf-8")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadInputError(f"{path}:{lineno}: not UTF-8 text") from None
             if line.startswith(": "):
                 sections.append((line.lstrip(": ").strip(), []))
                 continue
@@ -223,8 +227,11 @@ def read_word_pairs(path: str, delimiter: str = "\t", case_insensitive: bool = T
     from those columns."""
     triples = []
     fold = str.upper if case_insensitive else (lambda s: s)
-    with open(path, encoding="utf8") as f:
-        lines = f.readlines()
+    try:
+        with open(path, encoding="utf8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not UTF-8 text") from None
     header = lines[0].rstrip("\n").split(delimiter) if lines else []
     if {"word1", "word2", "SimLex999"} <= set(header):
         w1, w2, sc = (header.index(c) for c in ("word1", "word2", "SimLex999"))

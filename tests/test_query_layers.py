@@ -11,7 +11,7 @@ import pytest
 import embedkit
 import embedkit.neighbors
 from embedkit import query_resolution, vector_search, vector_space, wordvector_evaluation
-from embedkit.errors import NotFoundError, UsageError
+from embedkit.errors import BadInputError, NotFoundError, UsageError
 
 PACKAGE = Path(embedkit.__file__).parent
 
@@ -76,3 +76,13 @@ def test_an_unknown_word_of_a_named_word_model_lists_close_spellings():
     with pytest.raises(NotFoundError, match="'kingg' is not in the vocabulary.*close "
                                             "spellings: king"):
         query_resolution.item_vectors(["kingg", "queen"], model="glove-6b-50d")
+
+
+@pytest.mark.parametrize("read", [wordvector_evaluation.read_analogies,
+                                  wordvector_evaluation.read_word_pairs])
+def test_evaluation_files_that_are_not_utf8_are_refused_in_one_line(read, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(": capital-common-countries\nAthens Greece Bern Suisse\nk\xe9pi\tcar\t7.0\n"
+                     .encode("latin-1"))
+    with pytest.raises(BadInputError, match="not UTF-8 text"):
+        read(str(path))
