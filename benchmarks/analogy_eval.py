@@ -21,7 +21,7 @@ import time
 
 
 def sample_file(per_section: int) -> str:
-    from embedkit.neighbors import analogy_sample_lines
+    from embedkit.wordvector_evaluation import analogy_sample_lines
 
     lines = analogy_sample_lines(per_section)
     fd, path = tempfile.mkstemp(suffix=".txt", prefix="analogies-")
@@ -40,8 +40,9 @@ def main():
     import logging
 
     logging.disable(logging.INFO)  # gensim logs every section at INFO
-    from embedkit.neighbors import (as_space, default_test_file, evaluate_analogies,
-                                    evaluate_word_pairs)
+    from embedkit.vector_space import as_space
+    from embedkit.wordvector_evaluation import (default_test_file, evaluate_analogies,
+                                                evaluate_word_pairs)
     from embedkit.wordvectors import load_glove
 
     path = sample_file(args.per_section) if args.per_section else \

@@ -45,7 +45,7 @@ def main():
 
     import faiss
 
-    from embedkit.neighbors import NeighborIndex, recall_at_k, unit_rows
+    from embedkit.vector_search import NeighborIndex, recall_at_k, unit_rows
 
     rng = np.random.default_rng(0)
     x = unit_rows(rng.standard_normal((args.n, args.dim), dtype=np.float32))

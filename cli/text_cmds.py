@@ -20,7 +20,7 @@ def _neighbor_rows(results, score: str = "cosine"):
 
 
 def _recall_line(space, index, k):
-    from embedkit.neighbors import measure_recall
+    from embedkit.vector_search import measure_recall
 
     recall = measure_recall(space.index(index), space.unit, k=k)
     return recall, f"recall@{k} of the {index} index against exact search: {recall:.3f} " \
@@ -54,7 +54,8 @@ def similar(query, model, embeddings, topn, index, keep_query_words, limit, as_j
       embedkit similar 5/00012.png --embeddings digits.parquet
       embedkit similar "a gripping, moving film" --embeddings reviews.parquet
     """
-    from embedkit.neighbors import VectorSpace, set_query, word_space
+    from embedkit.query_resolution import set_query, word_space
+    from embedkit.vector_space import VectorSpace
 
     if embeddings:
         from embedkit.extract import embeddings_of
@@ -96,7 +97,8 @@ def cosine(a, b, model, embeddings, as_json):
       embedkit cosine "a fine film" "a great movie" --model all-minilm-l6-v2
       embedkit cosine cat.jpg dog.jpg
     """
-    from embedkit.neighbors import cosine as cos, item_vectors
+    from embedkit.query_resolution import item_vectors
+    from embedkit.vector_search import cosine as cos
 
     va, vb = item_vectors([a, b], model=model, embeddings=embeddings)
     score = cos(va, vb)
@@ -124,7 +126,7 @@ def analogy(expression, model, method, keep_query_words, topn, limit, as_json):
       embedkit analogy "king - man + woman"
       embedkit analogy "paris - france + italy" --method mul -k 3 --json
     """
-    from embedkit.neighbors import parse_expression, word_space
+    from embedkit.query_resolution import parse_expression, word_space
 
     positive, negative = parse_expression(expression)
     space = word_space(model, limit)
@@ -165,8 +167,9 @@ def eval_vectors(model, analogies, pairs, no_analogies, method, restrict_vocab, 
     \b
     Example: embedkit eval-vectors --model glove-6b-50d --json
     """
-    from embedkit.neighbors import (default_test_file, evaluate_analogies, evaluate_word_pairs,
-                                    word_space)
+    from embedkit.query_resolution import word_space
+    from embedkit.wordvector_evaluation import (default_test_file, evaluate_analogies,
+                                                evaluate_word_pairs)
 
     space = word_space(model, limit)
     report = {"model": space.name}

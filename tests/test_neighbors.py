@@ -13,9 +13,11 @@ from gensim.test.utils import datapath
 import embedkit
 from embedkit.cli.main import cli
 from embedkit.errors import NotFoundError, UsageError
-from embedkit.neighbors import (NeighborIndex, VectorSpace, as_space, blockwise_topk, cosine,
-                                evaluate_analogies, evaluate_word_pairs, measure_recall,
-                                parse_expression, recall_at_k)
+from embedkit.query_resolution import parse_expression
+from embedkit.vector_search import (NeighborIndex, blockwise_topk, cosine, measure_recall,
+                                    recall_at_k)
+from embedkit.vector_space import VectorSpace, as_space
+from embedkit.wordvector_evaluation import evaluate_analogies, evaluate_word_pairs
 from embedkit.wordvectors import load_glove
 
 
@@ -173,7 +175,7 @@ def test_blockwise_topk_is_exact_with_exclusions():
 
 def _analogy_sample(folder, per_section: int) -> str:
     """The Google analogy set cut to `per_section` questions in each of its 14 sections."""
-    from embedkit.neighbors import analogy_sample_lines
+    from embedkit.wordvector_evaluation import analogy_sample_lines
 
     lines = analogy_sample_lines(per_section)
     path = folder / f"sample-{per_section}.txt"

@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from embedkit.errors import EmbedkitError
 from embedkit.inputs import open_dataset
-from embedkit.neighbors import parse_expression
+from embedkit.query_resolution import parse_expression
 from embedkit.store import Store
 
 FPS = ["a" * 32, "b" * 32]

@@ -13,9 +13,9 @@ from gensim.test.utils import datapath
 import embedkit
 from embedkit.cli.main import cli
 from embedkit.errors import BadInputError, UsageError
-from embedkit.neighbors import as_space
 from embedkit.registry import create_backbone
 from embedkit.text import tokenize, word_probabilities
+from embedkit.vector_space import as_space
 from embedkit.wordvectors import load_vectors, train_word2vec
 
 CORPUS = datapath("lee_background.cor")  # 300 news documents, one per line
