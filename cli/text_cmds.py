@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from embedkit.cli.common import EmbedkitGroup, emit_json, json_option, table
+from embedkit.cli.common import EmbedkitGroup, choice, emit_json, json_option, table
+from embedkit.options import ANALOGY_METHODS, INDEXES
 
 INDEX_HELP = ("Search index: exact (default; every cosine computed, by blocked matrix "
               "products), or faiss' approximate ivf / hnsw for large sets, whose recall@k "
@@ -35,7 +36,7 @@ def _recall_line(space, index, k):
 @click.option("--embeddings", "-e", default=None,
               help="Search the items of this EmbeddingSet (.parquet) or dataset instead.")
 @click.option("-k", "topn", type=int, default=10, show_default=True, help="How many answers.")
-@click.option("--index", type=click.Choice(["exact", "ivf", "hnsw"]), default="exact",
+@click.option("--index", type=choice(INDEXES), default="exact",
               show_default=True, help=INDEX_HELP)
 @click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
 @click.option("--limit", type=int, default=None, help=LIMIT_HELP)
@@ -110,7 +111,7 @@ def cosine(a, b, model, embeddings, as_json):
 @click.command()
 @click.argument("expression")
 @click.option("--model", "-m", default=None, help="Word vectors (default glove-6b-50d).")
-@click.option("--method", type=click.Choice(["add", "mul"]), default="add", show_default=True,
+@click.option("--method", type=choice(ANALOGY_METHODS), default="add", show_default=True,
               help="3CosAdd (vector offset) or 3CosMul (Levy & Goldberg 2014).")
 @click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
 @click.option("-k", "topn", type=int, default=10, show_default=True, help="How many answers.")
@@ -153,7 +154,7 @@ def analogy(expression, model, method, keep_query_words, topn, limit, as_json):
               help="Word-pair similarity files (default: gensim's wordsim353.tsv and "
                    "simlex999.txt). Repeatable.")
 @click.option("--no-analogies", is_flag=True, help="Only the word-pair correlations.")
-@click.option("--method", type=click.Choice(["add", "mul"]), default="add", show_default=True)
+@click.option("--method", type=choice(ANALOGY_METHODS), default="add", show_default=True)
 @click.option("--restrict-vocab", type=int, default=300_000, show_default=True,
               help="Only the N most frequent words answer and count as known (gensim's rule).")
 @click.option("--limit", type=int, default=None, help=LIMIT_HELP)

@@ -75,9 +75,6 @@ class Backbone(ABC):
     #: How the registry built this backbone ({"name": ..., "options": {...}}), so a cached
     #: vector can be recomputed later (`embedkit cache verify --deep`); None if built by hand.
     creation: dict | None = None
-    #: The word vocabulary as gensim KeyedVectors, for word-level queries (neighbours,
-    #: analogies, evaluation); None for backbones that embed whole texts or images.
-    keyed_vectors: Any = None
 
     @property
     @abstractmethod

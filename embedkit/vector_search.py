@@ -15,11 +15,12 @@ import math
 import numpy as np
 
 from .errors import UsageError
+from .options import INDEXES
 
 __all__ = ["INDEX_KINDS", "NeighborIndex", "blockwise_topk", "cosine", "measure_recall",
            "recall_at_k", "unit_rows"]
 
-INDEX_KINDS = ("exact", "ivf", "hnsw")
+INDEX_KINDS = INDEXES.values  # declared in embedkit.options
 
 
 def cosine(a, b):
@@ -73,8 +74,7 @@ class NeighborIndex:
         self.seed = seed
 
     def fit(self, vectors) -> "NeighborIndex":
-        if self.kind not in INDEX_KINDS:
-            raise UsageError(f"unknown index '{self.kind}': choose {', '.join(INDEX_KINDS)}")
+        INDEXES.check(self.kind)
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         n, d = x.shape
         self.ntotal_ = n

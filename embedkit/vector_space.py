@@ -23,11 +23,12 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import NotFoundError, UsageError
+from .options import ANALOGY_METHODS, at_least
 from .vector_search import NeighborIndex, unit_rows
 
 __all__ = ["COSMUL_EPSILON", "METHODS", "Neighbor", "VectorSpace", "as_space"]
 
-METHODS = ("add", "mul")
+METHODS = ANALOGY_METHODS.values  # declared in embedkit.options
 COSMUL_EPSILON = 1e-3
 
 
@@ -160,10 +161,8 @@ class VectorSpace:
                 keep_query_words: bool = False, epsilon: float = COSMUL_EPSILON,
                 index: str = "exact", **index_params) -> list[Neighbor]:
         """Rank keys for `positive - negative` by 3CosAdd ("add") or 3CosMul ("mul")."""
-        if method not in METHODS:
-            raise UsageError(f"unknown analogy method '{method}': choose add or mul")
-        if topn < 1:
-            raise UsageError(f"-k must be at least 1, not {topn}")
+        ANALOGY_METHODS.check(method)
+        at_least("the number of answers (topn, -k)", topn, 1)
         terms = self._terms(positive, negative)
         excluded = set() if keep_query_words else {t.index for t in terms if t.index is not None}
         want = min(len(self), topn + len(excluded))

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import BadInputError, UsageError
+from .errors import BadInputError
+from .options import ANALOGY_METHODS
 from .vector_search import blockwise_topk, unit_rows
-from .vector_space import COSMUL_EPSILON, METHODS, VectorSpace, as_space
+from .vector_space import COSMUL_EPSILON, VectorSpace, as_space
 
 __all__ = ["RESTRICT_VOCAB", "AnalogyReport", "PairsReport", "SectionScore",
            "analogy_sample_lines", "default_test_file", "evaluate_analogies",
@@ -137,8 +138,7 @@ def evaluate_analogies(vectors, path: str | None = None, restrict_vocab: int = R
     word outside the first `restrict_vocab` keys are skipped and counted; the answer is the best
     of the first `restrict_vocab` keys other than the three question words (in any case).
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown analogy method '{method}': choose add or mul")
+    ANALOGY_METHODS.check(method)
     space = as_space(vectors)
     path = path or default_test_file("questions-words.txt")
     n = min(restrict_vocab, len(space))

@@ -16,10 +16,10 @@ from embedkit.errors import BadInputError, NotFoundError, UsageError
 PACKAGE = Path(embedkit.__file__).parent
 
 #: The embedkit modules each lower floor may import (at module level or inside a function).
-ALLOWED = {
-    "vector_search": {"errors"},
-    "vector_space": {"errors", "vector_search"},
-    "wordvector_evaluation": {"errors", "vector_search", "vector_space"},
+ALLOWED = {  # errors and options (the allowed values) are the ground floor of everything
+    "vector_search": {"errors", "options"},
+    "vector_space": {"errors", "options", "vector_search"},
+    "wordvector_evaluation": {"errors", "options", "vector_search", "vector_space"},
 }
 
 #: The public names of `embedkit.neighbors` before the split.
