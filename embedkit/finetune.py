@@ -497,11 +497,13 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
                train_rows, val_rows, out, workers, progress)
     run.fit(resume)
     record = run.save()
+    record["train_seconds"] = round(time.perf_counter() - started, 1)  # this session's part
     if compare_probe:
+        probe_started = time.perf_counter()
         record["probe"] = _probe_accuracy(ds, base, items, train_rows, val_rows, task, probe,
                                           options.seed, cache=cache, device=device,
                                           progress=progress, batch_size=options.batch_size)
-    record["seconds"] = round(time.perf_counter() - started, 1)
+        record["probe"]["seconds"] = round(time.perf_counter() - probe_started, 1)
     spec = json.loads((out / SPEC_FILE).read_text())
     spec["training"] = record
     _write_json(out / SPEC_FILE, spec)
