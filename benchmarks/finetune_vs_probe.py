@@ -39,6 +39,8 @@ def main(argv=None):
                     help="recipe, or 'none' (digits must not be flipped)")
     ap.add_argument("--val", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="px for both the fine-tuning and the probe (default: the weights' own)")
     ap.add_argument("--patience", type=int, default=DEFAULTS.patience)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
@@ -53,8 +55,8 @@ def main(argv=None):
             data, args.model, work / "out", layer=args.layer, unfreeze=args.unfreeze,
             lr=args.lr, lr_decay=args.lr_decay, epochs=args.epochs,
             augment=None if args.augment == "none" else args.augment, val=args.val,
-            batch_size=args.batch_size, patience=args.patience, seed=args.seed,
-            device=args.device, compare_probe=True, cache=work / "cache")
+            batch_size=args.batch_size, input_size=args.input_size, patience=args.patience,
+            seed=args.seed, device=args.device, compare_probe=True, cache=work / "cache")
         wall = time.perf_counter() - started
         t = backbone.training
         probe = t["probe"]
@@ -63,7 +65,8 @@ def main(argv=None):
         print(f"{args.set}, {args.per_class} per class: {t['items']['train']} train / "
               f"{t['items']['val']} validation images; {args.model}, unfreeze {args.unfreeze} "
               f"({', '.join(t['tuned_blocks']) or 'head only'}), lr {args.lr:g} x "
-              f"{args.lr_decay:g}/block, augment {args.augment}, device {t['device']}")
+              f"{args.lr_decay:g}/block, augment {args.augment}, input "
+              f"{backbone.preprocessing.input_size} px, device {t['device']}")
         for h in t["history"]:
             print(f"  epoch {h['epoch']:2d}: train loss {h['train_loss']:.4f}  val loss "
                   f"{h['val_loss']:.4f}  val accuracy {h['val_accuracy']:.3f}")

@@ -298,6 +298,8 @@ def plot(features, model, layer, pool, normalize, weights, output, method, label
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True,
               help="Folder to write the fine-tuned backbone to.")
 @click.option("--batch-size", "-b", type=int, default=DEFAULTS.batch_size, show_default=True)
+@click.option("--input-size", type=int, default=None, metavar="PX",
+              help="Train and embed at this size instead of the weights' own (small images).")
 @click.option("--workers", type=int, default=None,
               help="Image loading processes (default 0 on the CPU, 4 on a GPU).")
 @device_option
@@ -306,8 +308,8 @@ def plot(features, model, layer, pool, normalize, weights, output, method, label
 @json_option
 def finetune(dataset, model, layer, pool, weights, unfreeze, lr, lr_decay, epochs, augment, val,
              seed, label_smoothing, class_balanced, optimizer, weight_decay, warmup, patience,
-             compare_probe, resume, label, output, batch_size, workers, device, quiet, cache,
-             as_json):
+             compare_probe, resume, label, output, batch_size, input_size, workers, device,
+             quiet, cache, as_json):
     """Fine-tune the top blocks of a backbone with a new linear head; OUT/ is a new backbone.
 
     The bottom of the network stays frozen (BatchNorm statistics too); each tuned block learns
@@ -328,7 +330,8 @@ def finetune(dataset, model, layer, pool, weights, unfreeze, lr, lr_decay, epoch
                    val=val, seed=seed, label_smoothing=label_smoothing,
                    class_balanced=class_balanced, optimizer=optimizer,
                    weight_decay=weight_decay, warmup=warmup, patience=patience,
-                   batch_size=batch_size, device=device, workers=workers, resume=resume,
+                   batch_size=batch_size, input_size=input_size, device=device,
+                   workers=workers, resume=resume,
                    compare_probe=compare_probe, cache=cache, progress=False if quiet else None)
     t = backbone.training
     if as_json:
