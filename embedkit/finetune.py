@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError, EmbedkitError, NotFoundError, UsageError
+from .errors import (BadInputError, EmbedkitError, NotFoundError, UsageError,
+                     WeightsUnavailable)
 
 SPEC_FILE = "finetune.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -95,7 +96,8 @@ class FinetuneOptions:
                   (self.optimizer in OPTIMIZERS,
                    f"unknown optimizer '{self.optimizer}': choose {' or '.join(OPTIMIZERS)}"),
                   (self.weight_decay >= 0, f"--weight-decay must be >= 0, not {self.weight_decay}"),
-                  (0 <= self.warmup < 1, f"--warmup must be a fraction in [0, 1), not {self.warmup}"),
+                  (0 <= self.warmup < 1,
+                   f"--warmup must be a fraction in [0, 1), not {self.warmup}"),
                   (self.patience >= 0, f"--patience must be >= 0, not {self.patience}"),
                   (self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")]
         for ok, message in checks:
@@ -156,22 +158,24 @@ def _net_class():
         def __init__(self, body, *, module: str, hook: str, pool: str | None, in_features: int,
                      classes: int):
             super().__init__()
-            self.body, self.pool = body, pool
+            self.body, self.pool, self.module, self.hook = body, pool, module, hook
             self.head = torch.nn.Linear(in_features, classes)
             self.frozen: list[str] = []
-            target = body.get_submodule(module)
-            if hook == "input":
-                target.register_forward_pre_hook(_stop_at_input)
-            else:
-                target.register_forward_hook(_stop_at_output)
 
         def forward(self, x):
+            # the stopping hook is added last, at each call, so that hooks others put on the same
+            # module (embedkit reading that layer, a shape probe) still run before it
+            target = self.body.get_submodule(self.module)
+            handle = (target.register_forward_pre_hook(_stop_at_input) if self.hook == "input"
+                      else target.register_forward_hook(_stop_at_output))
             try:
                 self.body(x)
             except _LayerReached as reached:
                 x = reached.x
             else:
                 raise RuntimeError("the layer the head reads never ran")
+            finally:
+                handle.remove()
             return self.head(pool_features(x, self.pool))
 
         def train(self, mode: bool = True):
@@ -490,8 +494,6 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
         raise UsageError("the head reads features: choose pre_logits or a block layer, not "
                          "logits")
     if not base.source.available:
-        from .errors import WeightsUnavailable
-
         raise WeightsUnavailable(f"no weights for {base.name} on this machine: "
                                  f"{base.source.hint}")
     train_rows, val_rows = holdout_split(y, options.val, options.seed, task)
