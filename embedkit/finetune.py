@@ -419,9 +419,9 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
              optimizer: str = DEFAULTS.optimizer, weight_decay: float = DEFAULTS.weight_decay,
              warmup: float = DEFAULTS.warmup, patience: int = DEFAULTS.patience,
              batch_size: int = DEFAULTS.batch_size, input_size: int | None = None,
-             device: str = "auto",
-             workers: int | None = None, resume: bool = False, compare_probe: bool = False,
-             probe: str = "logreg", cache=None, progress: bool | None = None):
+             device: str = "auto", workers: int | None = None, resume: bool = False,
+             compare_probe: bool = False, probe: str = "logreg", cache=None,
+             progress: bool | None = None):
     """Fine-tune the top of `model` on the labelled image `dataset`; save it to `output`.
 
     Args:
@@ -459,7 +459,7 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
     record written to finetune.json ("training").
     """
     from .backbone import TorchImageBackbone
-    from .classify import holdout_split
+    from .classify import check_options, holdout_split
     from .extract import pick_device
     from .inputs import open_dataset
     from .registry import create_backbone, default_model
@@ -472,6 +472,8 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
         seed=seed, label_smoothing=label_smoothing, class_balanced=class_balanced,
         optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, patience=patience,
         batch_size=batch_size)
+    if compare_probe:
+        check_options(probe)
     out = Path(output)
     _check_output(out, resume)
     ds = open_dataset(dataset, label=label)
