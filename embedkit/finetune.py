@@ -447,8 +447,8 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
         batch_size, device ("auto", "cpu", "cuda", ...), workers (image loading processes;
             default 0 on the CPU, 4 on a GPU).
         input_size: train (and later embed) at this square size instead of the weights' own,
-            with the same crop ratio, mean, std and interpolation: for small images a step at
-            128 px costs about a third of one at 224.  The probe of `compare_probe` reads the
+            with the same crop ratio, mean, std and interpolation (small images need no
+            224 px: 128 px has a third of the pixels).  The probe of `compare_probe` reads the
             same size.
         resume: continue the run whose checkpoint is in `output`.
         compare_probe: also train the frozen-feature linear classifier (`probe`, an
