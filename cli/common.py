@@ -76,6 +76,11 @@ def choice(options) -> click.Choice:
     return click.Choice(list(options.values))
 
 
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto, cpu, cuda, cuda:1, mps.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
 def run_options(f):
     """--batch-size, --device, --precision, --quiet: how the backbone runs.  The command
     receives them as one `run` dict, ready for `embedkit.extract(**run)`."""
@@ -89,11 +94,10 @@ def run_options(f):
 
     options = [
         click.option("--batch-size", "-b", type=int, default=32, show_default=True),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto, cpu, cuda, cuda:1, mps."),
+        device_option,
         click.option("--precision", type=choice(PRECISIONS), default="auto", show_default=True,
                      help="auto = bf16 autocast on CUDA, fp32 elsewhere."),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+        quiet_option,
     ]
     for option in reversed(options):
         command = option(command)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, choice, emit_json, json_option, model_options, \
-    run_options, table
-from embedkit.options import AUGMENT_MODES, CLASSIFIER_NAMES, PROJECTIONS, RESAMPLING, SCALERS
+from embedkit.cli.common import cache_option, choice, device_option, emit_json, json_option, \
+    model_options, quiet_option, run_options, table
+from embedkit.finetune import DEFAULTS
+from embedkit.options import AUGMENT_MODES, CLASSIFIER_NAMES, OPTIMIZERS, PROJECTIONS, \
+    RESAMPLING, SCALERS
 
 
 
@@ -160,7 +162,7 @@ def evaluate(model_file, data, confusion, cache, as_json, run):
 
 
 @click.command()
-@click.argument("model_file", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("model_file", metavar="MODEL", type=click.Path())
 @click.argument("inputs")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write predictions to .csv or .json (default: a table on stdout).")
@@ -171,22 +173,32 @@ def predict(model_file, inputs, output, cache, as_json, run):
     """Predict labels for INPUTS (images, texts, a dataset, or saved features of the model's
     backbone), with class probabilities where the classifier gives them.
 
+    MODEL is a classifier file from `train`, or a folder from `finetune` (its own head
+    predicts, with softmax probabilities).
+
     \b
-    Example: embedkit predict digits.skops ./new-images -o preds.csv
+    Examples:
+      embedkit predict digits.skops ./new-images -o preds.csv
+      embedkit predict finetuned/ ./new-images
     """
     from embedkit.classify import TrainedClassifier
     from embedkit.errors import UsageError
+    from embedkit.finetune import is_finetuned, predictions, read_spec
 
     suffix = Path(output).suffix.lower() if output else None
     if output and suffix not in (".csv", ".json"):
         raise UsageError(f"{output}: write predictions as .csv or .json")
-    trained = TrainedClassifier.load(model_file)
-    es = trained.embed(inputs, cache=cache, **run)
+    if is_finetuned(model_file):
+        rows, es = predictions(model_file, inputs, cache=cache, **run)
+        tasks = [read_spec(model_file)["task"]]
+    else:
+        trained = TrainedClassifier.load(model_file)
+        es = trained.embed(inputs, cache=cache, **run)
+        rows, tasks = trained.predictions(es), trained.tasks
     _extraction_note(es)
-    rows = trained.predictions(es)
     if output:
         _write_rows(rows, Path(output), suffix)
-        click.echo(f"wrote {len(rows)} predictions ({', '.join(trained.tasks)}) to {output}")
+        click.echo(f"wrote {len(rows)} predictions ({', '.join(tasks)}) to {output}")
     elif as_json:
         emit_json(rows)
     else:
@@ -235,6 +247,103 @@ def plot(features, model, layer, pool, normalize, weights, output, method, label
     click.echo(f"saved {method} map of {len(es)} items to {output}")
 
 
+@click.command()
+@click.argument("dataset")
+@click.option("--model", "-m", default=None,
+              help="Base backbone, a torch image network (default efficientnet_lite0).")
+@click.option("--layer", default=None,
+              help="Layer the new linear head reads (default pre_logits; embedkit layers MODEL).")
+@click.option("--pool", default=None, help="Pooling of a block layer: avg (default), max, gem.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Explicit weights file for the base model.")
+@click.option("--unfreeze", default=DEFAULTS.unfreeze, show_default=True,
+              help="Blocks to tune: top-N (just below the layer), all, or none (head only).")
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True,
+              help="Learning rate of the head.")
+@click.option("--lr-decay", type=float, default=DEFAULTS.lr_decay, show_default=True,
+              help="Each block's rate is this times the rate of the block above it.")
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True)
+@click.option("--augment", default=None, metavar="RECIPE",
+              help="Augment on the fly, e.g. 'hflip,crop=0.85,jitter=0.2' (also vflip, "
+                   "rotate=DEGREES); default none.")
+@click.option("--val", type=float, default=DEFAULTS.val, show_default=True,
+              help="Stratified fraction held out to pick the best epoch and stop early.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option("--label-smoothing", type=float, default=DEFAULTS.label_smoothing,
+              show_default=True)
+@click.option("--class-balanced", is_flag=True, help="Weigh the loss by inverse class frequency.")
+@click.option("--optimizer", type=choice(OPTIMIZERS), default=DEFAULTS.optimizer,
+              show_default=True)
+@click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay, show_default=True)
+@click.option("--warmup", type=float, default=DEFAULTS.warmup, show_default=True,
+              help="Fraction of the steps with a linear warm-up before the cosine decay.")
+@click.option("--patience", type=int, default=DEFAULTS.patience, show_default=True,
+              help="Stop after this many epochs without a better validation score (0: never).")
+@click.option("--compare-probe", is_flag=True,
+              help="Also train the frozen-feature linear classifier on the same split.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run in OUT/.")
+@click.option("--label", default=None, help="Label column to learn (manifests with several).")
+@click.option("-o", "--output", type=click.Path(file_okay=False), required=True,
+              help="Folder to write the fine-tuned backbone to.")
+@click.option("--batch-size", "-b", type=int, default=DEFAULTS.batch_size, show_default=True)
+@click.option("--input-size", type=int, default=None, metavar="PX",
+              help="Train and embed at this size instead of the weights' own (small images).")
+@click.option("--workers", type=int, default=None,
+              help="Image loading processes (default 0 on the CPU, 4 on a GPU).")
+@device_option
+@quiet_option
+@cache_option
+@json_option
+def finetune(dataset, model, layer, pool, weights, unfreeze, lr, lr_decay, epochs, augment, val,
+             seed, label_smoothing, class_balanced, optimizer, weight_decay, warmup, patience,
+             compare_probe, resume, label, output, batch_size, input_size, workers, device,
+             quiet, cache, as_json):
+    """Fine-tune the top blocks of a backbone with a new linear head; OUT/ is a new backbone.
+
+    The bottom of the network stays frozen (BatchNorm statistics too); each tuned block learns
+    at --lr-decay times the rate of the block above it, the head at --lr.  The best epoch on a
+    held-out split is kept.  Use OUT/ as --model anywhere, and `embedkit predict OUT/ images/`.
+
+    \b
+    Examples:
+      embedkit finetune ./photos --unfreeze top-2 --epochs 10 --augment hflip,crop=0.85 -o ft/
+      embedkit finetune digits-target --unfreeze top-3 --lr 3e-3 --compare-probe -o ft/
+      embedkit finetune ./photos --unfreeze top-2 --epochs 10 -o ft/ --resume
+      embedkit extract ./more-photos --model ft/ -o feats.parquet
+    """
+    from embedkit.finetune import finetune as run
+
+    backbone = run(dataset, model, output, layer=layer, pool=pool, weights=weights, label=label,
+                   unfreeze=unfreeze, lr=lr, lr_decay=lr_decay, epochs=epochs, augment=augment,
+                   val=val, seed=seed, label_smoothing=label_smoothing,
+                   class_balanced=class_balanced, optimizer=optimizer,
+                   weight_decay=weight_decay, warmup=warmup, patience=patience,
+                   batch_size=batch_size, input_size=input_size, device=device,
+                   workers=workers, resume=resume,
+                   compare_probe=compare_probe, cache=cache, progress=False if quiet else None)
+    t = backbone.training
+    if as_json:
+        return emit_json({"output": output, "fingerprint": backbone.fingerprint(), **t})
+    click.echo(table([{"epoch": h["epoch"], "train_loss": h["train_loss"],
+                       "val_loss": h["val_loss"], "val_accuracy": h["val_accuracy"]}
+                      for h in t["history"]]))
+    tuned = ", ".join(t["tuned_blocks"]) or "none (head only)"
+    click.echo(f"tuned blocks: {tuned}; learning rates "
+               + ", ".join(f"{g['name']} {g['lr']:.3g}" for g in t["param_groups"]))
+    click.echo(f"fine-tuned:   val accuracy {t['val_accuracy']:.3f} on {t['items']['val']} "
+               f"held-out items (best epoch {t['best_epoch']} of {t['epochs_run']}"
+               f"{', stopped early' if t['stopped_early'] else ''}; {t['train_seconds']:.0f} s "
+               f"on {t['device']})")
+    probe = t.get("probe")
+    if probe and "val_accuracy" in probe:
+        click.echo(f"frozen probe: val accuracy {probe['val_accuracy']:.3f} on the same split "
+                   f"({probe['classifier']} on frozen features, {probe['seconds']:.0f} s)")
+    elif probe:
+        click.echo(f"frozen probe: not trained ({probe['skipped']})")
+    click.echo(f"saved backbone to {output} (fingerprint {backbone.fingerprint()[:12]}); use "
+               f"--model {output} anywhere, or: embedkit predict {output} IMAGES")
+
+
 def register(cli):
-    for command in (train, evaluate, predict, plot):
+    for command in (train, evaluate, predict, plot, finetune):
         cli.add_command(command)

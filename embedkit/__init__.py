@@ -8,4 +8,5 @@ from .errors import EmbedkitError  # noqa: E402
 from .registry import create_backbone, list_models  # noqa: E402
 from .embeddings import EmbeddingSet, load_embeddings  # noqa: E402
 from .extract import extract  # noqa: E402
+from .finetune import finetune  # noqa: E402
 from .store import Store  # noqa: E402

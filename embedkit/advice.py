@@ -151,6 +151,9 @@ def _next_steps(target: str, model: str, small: bool, similar: bool,
         also.append(f"check which layer: embedkit rank-models {t} --models {model} "
                     f"--layers {lower},pre_logits --metric logme --validate")
     if not small:
-        also.append("fine-tuning is outside embedkit (frozen features only): use the command "
-                    "above as the baseline a fine-tuned network must beat")
+        unfreeze = "top-3" if similar else "all"
+        also.append(f"fine-tune: embedkit finetune {t} --model {model} --unfreeze {unfreeze} "
+                    "--lr 1e-3 --lr-decay 0.5 --epochs 10 --augment crop=0.85 "
+                    "--compare-probe -o finetuned/  (the command above is the baseline it "
+                    "must beat)")
     return command, also

@@ -15,7 +15,7 @@ from .errors import UsageError
 
 __all__ = ["Options", "at_least", "POOLINGS", "TEXT_POOLINGS", "PRECISIONS", "RUNTIMES",
            "DECODES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES", "PROJECTIONS",
-           "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES"]
+           "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES", "OPTIMIZERS"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ RESAMPLING = Options("resampling", ("over", "under"))
 AUGMENT_MODES = Options("augmentation mode", ("rows", "average"))
 PROJECTIONS = Options("projection", ("pca", "tsne", "umap"))
 INDEXES = Options("index", ("exact", "ivf", "hnsw"))
+#: Optimisers of `embedkit finetune`.
+OPTIMIZERS = Options("optimizer", ("adamw", "sgd"))
 #: The light classifiers of embedkit.classify (declared here so the CLI lists them without
 #: importing scikit-learn; classify.CLASSIFIERS holds their grids, one per name).
 CLASSIFIER_NAMES = Options("classifier", ("svm-linear", "svm-rbf", "logreg", "knn", "ridge",

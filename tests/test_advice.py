@@ -46,7 +46,8 @@ def test_each_quadrant_of_the_rule(n, direction, small, similar, strategy, flags
     text = "\n".join(advice.lines())
     assert "small below 25 per class" in text and f"similar from {SIMILAR_ABOVE}" in text
     if not small:
-        assert "outside embedkit" in text
+        assert (f"embedkit finetune /data/target --model efficientnet_lite0 --unfreeze "
+                f"{'top-3' if similar else 'all'} --lr 1e-3") in text
 
 
 def test_thresholds_can_be_moved():
