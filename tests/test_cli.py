@@ -27,9 +27,15 @@ def embedkit_subprocess(*args):
 def test_models_json_lists_the_bundled_backbone_offline():
     rows = json.loads(run("models", "--json", "--available", "--modality", "image").output)
     lite0 = next(r for r in rows if r["name"] == "efficientnet_lite0")
-    assert lite0 == {**lite0, "offline": True, "dim": 1280, "layer": "pre_logits",
-                     "family": "efficientnet_lite"}
+    assert lite0 == {**lite0, "offline": True, "family": "efficientnet_lite"}
+    assert "dim" not in lite0, "the listing probes no architecture unless asked (--detail)"
     assert all(r["offline"] for r in rows if "error" not in r)
+    detail = json.loads(run("models", "--json", "--detail", "--modality", "image").output)
+    lite0 = next(r for r in detail if r["name"] == "efficientnet_lite0")
+    assert lite0 == {**lite0, "offline": True, "dim": 1280, "layer": "pre_logits"}
+    names = json.loads(run("models", "--json").output)
+    assert {"efficientnet_lite0", "glove-6b-50d", "resnet50"} <= {r["name"] for r in names}
+    assert set(names[0]) == {"name", "modality", "family"}
 
 
 def test_layers_lists_default_first_with_shapes():
