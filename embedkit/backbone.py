@@ -32,12 +32,19 @@ FLATTEN_LIMIT = 100_000
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a backbone's weights come from, and whether they can be had offline right now."""
+    """Where a backbone's weights come from: `available` says they are on this machine now,
+    `downloadable` that the backbone can fetch them into its library's own cache where the
+    network allows (so extraction tries, and an offline failure names the file and folder)."""
 
     description: str
     available: bool
     path: str | None = None
     hint: str = ""
+    downloadable: bool = False
+
+    @property
+    def obtainable(self) -> bool:
+        return self.available or self.downloadable
 
 
 class Backbone(ABC):

@@ -240,7 +240,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         raise BadInputError(f"{skipped[0][1]} (--strict stops at the first bad item)")
 
     if todo:
-        if not backbone.source.available:
+        if not backbone.source.obtainable:
             raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
                                      f"{backbone.source.hint}")
         computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,

@@ -103,7 +103,7 @@ class SentenceTransformerBackbone(Backbone):
                 if bars:
                     hf_logging.enable_progress_bar()
             model.eval()
-            if self.device.startswith("cuda") and self.precision in ("bf16", "fp16"):
+            if self.precision in ("bf16", "fp16"):  # on any device: the key says so
                 import torch
 
                 model = model.to(torch.bfloat16 if self.precision == "bf16" else torch.float16)

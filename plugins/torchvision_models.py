@@ -12,7 +12,7 @@ import os
 from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
                                WeightsSource, file_sha256, last_linear, load_state_dict_file,
                                remembered, unknown_options)
-from embedkit.errors import WeightsUnavailable
+from embedkit.errors import BadWeights, WeightsUnavailable
 
 PREFIXES = ("resnet", "resnext", "wide_resnet", "vgg", "efficientnet_b", "efficientnet_v2",
             "mobilenet_v3", "densenet", "convnext", "regnet", "vit")
@@ -30,6 +30,19 @@ def _names() -> list[str]:
         return sorted(n for n in models.list_models(module=models) if n.startswith(PREFIXES))
 
     return remembered("torchvision-models.json", f"torchvision-{version('torchvision')}", names)
+
+
+def download_url(url: str) -> str:
+    """Where to download torchvision's weights from: their published URL, or the same file
+    name under `$EMBEDKIT_WEIGHTS_MIRROR` (a site that mirrors download.pytorch.org)."""
+    mirror = os.environ.get("EMBEDKIT_WEIGHTS_MIRROR")
+    return f"{mirror.rstrip('/')}/{os.path.basename(url)}" if mirror else url
+
+
+def _hash_prefix(url: str) -> str | None:
+    """torchvision names its weights NAME-<first hex digits of the sha256>.pth."""
+    tail = os.path.splitext(os.path.basename(url))[0].rsplit("-", 1)[-1]
+    return tail if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) else None
 
 
 def hub_cache_file(url: str) -> str:
@@ -80,9 +93,10 @@ class TorchvisionFamily(BackboneFamily):
         tv_weights = models.get_model_weights(name).DEFAULT
         cached = hub_cache_file(tv_weights.url)
         path = weights or (cached if os.path.isfile(cached) else None)
+        url = download_url(tv_weights.url)
         source = WeightsSource(
-            description=f"file {path}" if path else f"download {tv_weights.url}",
-            available=bool(path), path=path or cached,
+            description=f"file {path}" if path else f"download {url}",
+            available=bool(path), path=path or cached, downloadable=not path,
             hint=(f"offline, put {os.path.basename(cached)} in {os.path.dirname(cached)} "
                   f"(from {tv_weights.url}) or pass --weights FILE"))
 
@@ -94,17 +108,20 @@ class TorchvisionFamily(BackboneFamily):
             return models.get_model(name, weights=None, **size)
 
         def load_weights(model):
-            if path:
-                state = load_state_dict_file(path)
-            else:
-                try:
-                    state = torch.hub.load_state_dict_from_url(
-                        tv_weights.url, progress=True, weights_only=True)
+            if not path:  # into torch's own hub cache, where the next run finds it
+                os.makedirs(os.path.dirname(cached), exist_ok=True)
+                try:  # the file name carries its sha256 prefix: a wrong file is refused
+                    torch.hub.download_url_to_file(url, cached, hash_prefix=_hash_prefix(url),
+                                                   progress=True)
                 except OSError as exc:
                     raise WeightsUnavailable(
-                        f"cannot download the weights of {name} ({exc.__class__.__name__}); "
+                        f"cannot download the weights of {name} from {url} "
+                        f"({exc.__class__.__name__}: {getattr(exc, 'reason', exc)}); "
                         f"{source.hint}") from None
-            model.load_state_dict(state)
+                except RuntimeError as exc:
+                    raise BadWeights(f"{url}: refused: the downloaded file does not match the "
+                                     f"checksum in its name ({exc})") from None
+            model.load_state_dict(load_state_dict_file(path or cached))
 
         return TorchImageBackbone(
             name, family=self.name, build=build, load_weights=load_weights,

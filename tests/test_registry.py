@@ -69,6 +69,14 @@ def test_backbone_contract(name):
     out = backbone.embed(backbone.collate([backbone.preprocess(item)] * 2))
     assert out.shape == (2, backbone.dim) and out.dtype == np.float32
     assert np.isfinite(out).all() and np.allclose(out[0], out[1], atol=1e-6)
+    # the fingerprint changes whenever the precision changes the output (bf16 autocast runs
+    # on the CPU too): bf16 vectors must never be served for fp32 keys
+    backbone.to("cpu", "bf16")
+    reduced = backbone.embed(backbone.collate([backbone.preprocess(item)]))
+    if not np.array_equal(reduced[0], out[0]):
+        assert backbone.fingerprint() != fp, "precision changed the vectors, not the key"
+    backbone.to("cpu", "fp32")
+    assert backbone.fingerprint() == fp
 
 
 def test_unknown_model_names_close_matches():
