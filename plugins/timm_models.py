@@ -58,6 +58,26 @@ def timm_backbone(name, arch, *, family, load_weights, weights_id, source, prepr
         classifier_module=timm_classifier, class_names=imagenet_classes, **options)
 
 
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _download(hub_id: str | None, name: str, source) -> str:
+    """The checkpoint of `hub_id`, fetched into the Hugging Face cache (HF_HUB_OFFLINE and
+    HF_ENDPOINT are honoured by huggingface_hub itself)."""
+    if not hub_id:
+        raise WeightsUnavailable(f"no weights for {name} on this machine: {source.hint}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(hub_id, "model.safetensors")
+    except Exception as exc:  # offline, unknown repo, network error: one line with the fix
+        raise WeightsUnavailable(f"cannot download the weights of {name} ({hub_id}): "
+                                 f"{type(exc).__name__}; {source.hint}") from None
+
+
 def _hf_cache_file(arch: str) -> str | None:
     """A timm checkpoint already in the local Hugging Face cache (never downloads)."""
     import timm
@@ -101,16 +121,16 @@ class TimmFamily(BackboneFamily):
                                    if close else ""))
         path = weights or _hf_cache_file(arch)
         hub = timm.models.get_pretrained_cfg(arch)
-        hub_id = getattr(hub, "hf_hub_id", None) or arch
+        hub_id = getattr(hub, "hf_hub_id", None)
         source = WeightsSource(
-            description=f"file {path}" if path else f"Hugging Face hub {hub_id} (not cached)",
-            available=bool(path), path=path,
-            hint=f"download it where online, or pass --weights FILE (.safetensors or .pth) for {arch}")
+            description=f"file {path}" if path else f"Hugging Face hub {hub_id or arch} (not cached)",
+            available=bool(path), path=path, downloadable=bool(hub_id and not path),
+            hint=(f"offline, put {hub_id}'s model.safetensors in the Hugging Face cache "
+                  f"({_hf_cache_dir()}) where online, or pass --weights FILE (.safetensors or "
+                  f".pth) for {arch}"))
 
         def load_weights(model):
-            if not path:
-                raise WeightsUnavailable(f"no weights for {name} on this machine: {source.hint}")
-            model.load_state_dict(load_state_dict_file(path))
+            model.load_state_dict(load_state_dict_file(path or _download(hub_id, name, source)))
 
         weights_id = f"sha256:{file_sha256(path)}" if path else f"hub:{hub_id}"
         return timm_backbone(name, arch, family=self.name, load_weights=load_weights,
