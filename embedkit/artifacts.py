@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import ArtifactError, NotFoundError
+from .files import atomic_write
 
 FORMAT = "embedkit.classifier"
 FORMAT_VERSION = 1
@@ -36,10 +37,8 @@ def save_artifact(content: dict, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sio.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **content}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: sio.dump(
+        {"format": FORMAT, "format_version": FORMAT_VERSION, **content}, tmp))
 
 
 def load_artifact(path: str | os.PathLike) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from .errors import NotFoundError, UsageError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .extract import Summary
@@ -86,10 +87,7 @@ class EmbeddingSet:
         table = pa.table(columns).replace_schema_metadata(
             {b"embedkit": json.dumps({"meta": self.meta, "labels": list(self.label_columns)},
                                      default=str).encode()})
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
     def _save_csv(self, path: Path) -> Path:
         import csv

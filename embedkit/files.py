@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "available_cores", "display_name", "walk_files", "WalkEntry"]
+__all__ = ["atomic_write", "available_cores", "display_name", "restricted_load", "walk_files",
+           "WalkEntry", "NUMPY_TYPES"]
 
 
 def _fsync_dir(path: Path):
@@ -145,3 +147,32 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+#: What a pickle of NumPy arrays needs (old and new module paths of numpy's core).
+NUMPY_TYPES = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, allowed: frozenset, what: str, **kwargs):
+        super().__init__(file, **kwargs)
+        self.allowed, self.what = allowed, what
+
+    def find_class(self, module, name):
+        if (module, name) in self.allowed:
+            if module.startswith("numpy.core."):
+                module = module.replace("numpy.core.", "numpy._core.")
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: {self.what}")
+
+
+def restricted_load(file, allowed: frozenset = NUMPY_TYPES, what: str = "only NumPy arrays are "
+                    "allowed", **kwargs):
+    """Unpickle from a binary file object admitting only the (module, name) pairs in `allowed`
+    (NumPy arrays by default): a pickle that names anything else, code included, is refused
+    with `pickle.UnpicklingError` before anything runs."""
+    return _RestrictedUnpickler(file, allowed, what, **kwargs).load()

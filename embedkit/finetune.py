@@ -52,6 +52,7 @@ import numpy as np
 
 from .errors import (BadInputError, EmbedkitError, NotFoundError, UsageError,
                      WeightsUnavailable)
+from .files import atomic_write
 from .options import OPTIMIZERS
 
 SPEC_FILE = "finetune.json"
@@ -323,36 +324,13 @@ def _data_hash(ids, labels) -> str:
 def _write_safetensors(path: Path, tensors: dict, metadata: dict | None = None):
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"embedkit": json.dumps(metadata)} if metadata is not None else None)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda tmp: save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+        metadata={"embedkit": json.dumps(metadata)} if metadata is not None else None))
 
 
 def _write_json(path: Path, data: dict):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, json.dumps(data, indent=2))
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -610,7 +588,7 @@ class _Run:
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool):
-        for stray in self.out.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        for stray in self.out.glob(f".{CHECKPOINT_FILE}.*"):
             stray.unlink(missing_ok=True)  # left by a run killed while writing
         if resume:
             self._restore()

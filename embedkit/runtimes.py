@@ -21,7 +21,6 @@ every fast path.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 
 from .backbone import Backbone, TorchImageBackbone, fingerprint_of, pool_features
 from .errors import MissingExtra, UsageError
-from .files import available_cores
+from .files import atomic_write, available_cores
 from .options import RUNTIMES
 
 #: Bumped when the export changes (opset, exporter options): old exported files then miss.
@@ -102,16 +101,13 @@ def export_onnx(backbone: TorchImageBackbone, folder: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     size = backbone.preprocessing.input_size
     example = torch.zeros(2, 3, size, size)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.onnx")
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             feature_model(backbone), (example,), input_names=["images"],
             output_names=["vectors"], dynamic_shapes=({0: torch.export.Dim("n")},),
             opset_version=OPSET, dynamo=True, verbose=False)
-        program.save(str(tmp), external_data=False)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
 
 
 def _require(module: str, what: str, extra: str, package: str):

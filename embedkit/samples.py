@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import NotFoundError, UsageError
+from .files import restricted_load
 
 #: Class order as the animal-shape-mnist package describes it (labels 0..9).
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep",
@@ -134,25 +134,12 @@ def _digits(classes: range):
     return write
 
 
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits NumPy arrays and dtypes, nothing else: a bundled pickle cannot run code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            if module.startswith("numpy.core"):
-                module = module.replace("numpy.core", "numpy._core")
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only NumPy arrays "
-                                     "are allowed in bundled data")
-
-
 def load_numpy_pickle(path: str | os.PathLike) -> np.ndarray:
+    """A gzip-pickled NumPy array, through the restricted unpickler (NumPy types only: a
+    bundled pickle cannot run code)."""
     with gzip.open(path, "rb") as f:
-        return NumpyOnlyUnpickler(io.BytesIO(f.read())).load()
+        return restricted_load(io.BytesIO(f.read()),
+                               what="only NumPy arrays are allowed in bundled data")
 
 
 def animal_shape_arrays() -> tuple[np.ndarray, np.ndarray]:

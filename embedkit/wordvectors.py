@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInputError, NotFoundError, UsageError
+from .files import NUMPY_TYPES, restricted_load
 
 GLOVE_NAME = "glove-6b-50d"
 KV_SUFFIXES = (".kv",)
@@ -58,24 +59,9 @@ def sidecar_files(path) -> list[str]:
 # Loading
 
 
-class _KeyedVectorsUnpickler(pickle.Unpickler):
-    """Reads gensim's .kv pickle admitting KeyedVectors and NumPy arrays, nothing else."""
-
-    ALLOWED = {
-        ("gensim.models.keyedvectors", "KeyedVectors"),
-        ("gensim.models.fasttext", "FastTextKeyedVectors"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            if module.startswith("numpy.core."):
-                module = module.replace("numpy.core.", "numpy._core.")
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a .kv file may only hold gensim KeyedVectors")
+#: What gensim's .kv pickle of KeyedVectors needs, nothing more.
+KV_TYPES = NUMPY_TYPES | {("gensim.models.keyedvectors", "KeyedVectors"),
+                          ("gensim.models.fasttext", "FastTextKeyedVectors")}
 
 
 def _load_kv_file(path: str, mmap: bool):
@@ -83,7 +69,8 @@ def _load_kv_file(path: str, mmap: bool):
 
     try:
         with open(path, "rb") as f:
-            kv = _KeyedVectorsUnpickler(f, encoding="latin1").load()
+            kv = restricted_load(f, KV_TYPES, "a .kv file may only hold gensim KeyedVectors",
+                                 encoding="latin1")
     except pickle.UnpicklingError as exc:
         raise BadInputError(f"{path}: {exc}. For a full Word2Vec model, save its vectors with "
                             "model.wv.save('vectors.kv')") from None
