@@ -54,6 +54,8 @@ DEFAULT_SCORE = "logme"
 LINEAR_PROBE_FOLDS = 5
 KNN_NEIGHBOURS = 5
 GBC_PCA_DIM = 64
+TRANSRATE_EPS = 1e-4  # the authors' distortion
+SFDA_MIN_SHRINKAGE = 1e-10  # the authors' floor on the adaptive shrinkage
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -190,18 +192,37 @@ def softmax(logits) -> np.ndarray:
     return x / x.sum(axis=1, keepdims=True)
 
 
-def _source_probabilities(p) -> np.ndarray:
-    p = _features(p)
-    if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
-        p = softmax(p)  # logits were given
-    return p
+def row_sum_tolerance(dtype) -> float:
+    """How far from 1 the rows of a softmax stored in `dtype` may sum: 1e-4, or 8 machine
+    epsilons where the dtype is coarser (float16: 7.8e-3). Each stored probability carries a
+    relative rounding error of at most eps / 2, so a row of them sums to 1 within eps / 2
+    plus the summation's own rounding; 8 eps leaves room for a softmax computed in that dtype.
+    Logits pass this test only by accident: they would have to be non-negative and sum to 1."""
+    dtype = np.dtype(dtype)
+    eps = float(np.finfo(dtype).eps) if dtype.kind == "f" else 0.0
+    return max(1e-4, 8 * eps)
+
+
+def _source_probabilities(outputs) -> np.ndarray:
+    """Source-classifier outputs as float64 probabilities. Rows that are non-negative and sum
+    to 1 within `row_sum_tolerance` of their dtype are probabilities (renormalised in float64);
+    anything else is taken for logits and softmaxed. A fixed 1e-4 tolerance took float16
+    softmax rows (sums off by up to ~5e-4) for logits and softmaxed them twice, flattening
+    LEEP to about -ln C."""
+    tolerance = row_sum_tolerance(getattr(outputs, "dtype", np.float64))
+    p = _features(outputs)
+    if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=tolerance):
+        return softmax(p)  # logits were given
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def leep(source_outputs, labels) -> float:
     """LEEP (Nguyen et al., ICML 2020): (1/n) sum_i log sum_z P(y_i | z) theta(x_i)_z, where theta
     is the source classifier's softmax over source classes z and P(y | z) the empirical
     conditional from the joint P(y, z) = (1/n) sum_i theta(x_i)_z [y_i = y]. Takes
-    probabilities or logits (softmax applied when rows are not distributions). <= 0."""
+    probabilities or logits: rows that are distributions within their dtype's rounding
+    (`row_sum_tolerance`: float16 softmax rows qualify) are used as probabilities, anything
+    else is softmaxed. <= 0."""
     p = _source_probabilities(source_outputs)
     y, classes = encode_labels(labels, len(p))
     joint = _one_hot(y, len(classes)).T @ p / len(p)  # [C, Z]
@@ -290,6 +311,99 @@ def gbc(features, labels, pca_dim: int | None = GBC_PCA_DIM, gaussian: str = "di
     return float(-total)
 
 
+def coding_rate(f: np.ndarray, eps: float = TRANSRATE_EPS) -> float:
+    """R(Z, eps) = 1/2 log det(I + Z'Z / (n eps)) for Z [n, d], from the non-zero eigenvalues
+    of Z'Z (the zero ones add log 1 = 0), so d > n costs an n x n eigenproblem."""
+    if len(f) == 0:
+        return 0.0
+    s = thin_eigh(f)[0]
+    return float(0.5 * np.log1p(s / (len(f) * eps)).sum())
+
+
+def transrate(features, labels, eps: float = TRANSRATE_EPS) -> float:
+    """TransRate (Huang, Huang, Rong, Yang, Wei, "Frustratingly Easy Transferability
+    Estimation", ICML 2022): the mutual information between features and labels measured by
+    coding rate, R(Z, eps) - R(Z | Y, eps), with R(Z | Y) the mean of the classes' coding rates.
+    As in the authors' released code: features centred once (over all items), each class's
+    rows used as they are, R scaled by 1 / (n eps) with eps = 1e-4, and the classes weighted
+    equally (the paper weighs by class frequency: the same for a balanced target)."""
+    f = _features(features)
+    y, classes = encode_labels(labels, len(f))
+    f = f - f.mean(axis=0)
+    return coding_rate(f, eps) - float(np.mean([coding_rate(f[y == c], eps)
+                                                for c in range(len(classes))]))
+
+
+def _largest_eigenvalue_estimate(within: np.ndarray, iterations: int = 3) -> float:
+    """The authors' estimate of the largest eigenvalue of S = within' within / n: power
+    iteration from the row sums of S, `iterations` double steps, x' S y at the end."""
+    n = len(within)
+
+    def times_s(x):
+        return within.T @ (within @ x) / n
+
+    x = times_s(np.ones(within.shape[1]))
+    y = x
+    for _ in range(iterations):
+        t = times_s(x)
+        y = t / np.linalg.norm(t)
+        t = times_s(y)
+        x = t / np.linalg.norm(t)
+    return float(x @ times_s(y))
+
+
+def shrunk_lda_probabilities(f: np.ndarray, y: np.ndarray, c: int,
+                             shrinkage: float | None = None) -> tuple[np.ndarray, float]:
+    """(P(class | x) [n, C], shrinkage) of linear discriminant analysis with the shrunk
+    within-class covariance S_a = (1 - a) S_w + a (tr S_w / d) I used by SFDA.
+
+    SFDA's classifier keeps every generalised eigenvector V of (S_b, S_a), normalised so that
+    V' S_a V = I; then V V' = S_a^-1, so its scores are the plain LDA ones
+    x' S_a^-1 m_c - m_c' S_a^-1 m_c / 2 + log prior_c. S_a^-1 is applied in the eigenbasis
+    of S_w (rank <= n - C), the rest of the space scaled by 1 / (a tr S_w / d): exact, and
+    no d x d matrix when d > n. a = max(exp(-5 lambda_max(S_w)), 1e-10) unless given."""
+    n, d = f.shape
+    counts = np.bincount(y, minlength=c)
+    means = _one_hot(y, c).T @ f / counts[:, None]
+    within = f - means[y]
+    w, v = thin_eigh(within)
+    w = w / n  # non-zero eigenvalues of S_w = sum_c prior_c cov_c (biased)
+    if shrinkage is None:
+        lam = _largest_eigenvalue_estimate(within) if len(w) else 0.0
+        shrinkage = max(float(np.exp(-5 * lam)), SFDA_MIN_SHRINKAGE)
+    floor = shrinkage * w.sum() / d  # the eigenvalue of S_a outside S_w's span
+    if floor <= 0:
+        raise UsageError("sfda needs features that vary within classes (every class's items "
+                         "have identical features)")
+    in_span = means @ v
+    precision_means = (in_span / ((1 - shrinkage) * w + floor)) @ v.T  # rows: S_a^-1 m_c
+    if len(w) < d:  # only then is there a rest of the space (else its residual is rounding,
+        precision_means += (means - in_span @ v.T) / floor  # which 1 / floor would amplify)
+    logits = (f @ precision_means.T - 0.5 * (means * precision_means).sum(axis=1)
+              + np.log(counts / n))
+    return softmax(logits), shrinkage
+
+
+def sfda(features, labels) -> float:
+    """SFDA (Shao, Zhao, Ge, Wang, Zhang, Luo, "Not All Models Are Equal: Predicting Model
+    Transferability in a Self-challenging Fisher Space", ECCV 2022): the mean probability of
+    the true class under a regularised Fisher discriminant (`shrunk_lda_probabilities`), after
+    the self-challenge ConfMix: each item moves towards the mean of the other classes' means
+    by one minus its (softened: softmax of the probabilities, as the authors) probability of
+    its own class, and a second discriminant with the same shrinkage scores the mixed items.
+    Follows the authors' released code; in [0, 1]."""
+    f = _features(features)
+    y, classes = encode_labels(labels, len(f))
+    c = len(classes)
+    p, shrinkage = shrunk_lda_probabilities(f, y, c)
+    own = softmax(p)[np.arange(len(f)), y][:, None]
+    means = _one_hot(y, c).T @ f / np.bincount(y)[:, None]
+    others = (means.sum(axis=0) - means) / (c - 1)
+    mixed = own * f + (1 - own) * others[y]
+    p, _ = shrunk_lda_probabilities(mixed, y, c, shrinkage)
+    return float(p[np.arange(len(f)), y].mean())
+
+
 def knn_accuracy(features, labels, k: int = KNN_NEIGHBOURS) -> float:
     """Leave-one-out k-NN accuracy with cosine similarity: each item is classified by majority
     vote of its k nearest other items (ties go to the first class in sorted order, as in
@@ -356,6 +470,8 @@ SCORES = {s.name: s for s in [
     Score("nce", nce, "source classifier", "Tran et al., ICCV 2019"),
     Score("hscore", hscore, "features", "Ibrahim et al., ECML-PKDD 2022 (regularised)"),
     Score("gbc", gbc, "features", "Pándy et al., CVPR 2022"),
+    Score("transrate", transrate, "features", "Huang et al., ICML 2022"),
+    Score("sfda", sfda, "features", "Shao et al., ECCV 2022"),
     Score("knn", knn_accuracy, "features", "leave-one-out 5-NN accuracy, cosine"),
     Score("linear-probe", linear_probe_accuracy, "features",
           "5-fold CV logistic regression accuracy"),
