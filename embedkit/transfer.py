@@ -44,13 +44,15 @@ import numpy as np
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import NotFoundError, UsageError
 
-#: The score `rank_models` uses when none is named, chosen by evidence (docs/compare.md,
-#: benchmarks/rank_lite_layers.py): EfficientNet-Lite0/1/2 x 4 layers on digits-target and
-#: animal-shape at 10, 20 and 30 images per class, each score against the 5-fold CV
-#: linear-probe accuracy. LogME had the best mean Kendall tau (0.63; the cheap hold-out probe
-#: 0.56, kNN 0.55) and matched the hold-out probe's weighted tau (0.59 vs 0.60), beating or
-#: tying it in 4 of the 6 settings.
-DEFAULT_SCORE = "logme"
+#: What `rank_models` ranks by when no score is named: a repeated cross-validated linear probe
+#: on every candidate the budget affords (embedkit.ranking). On the ranking benchmark
+#: (docs/compare.md, benchmarks/rank_lite_layers.py) it orders candidates closer to the
+#: held-out truth than any closed-form score.
+BUDGETED = "budgeted-probe"
+DEFAULT_SCORE = BUDGETED
+#: The closed-form score the budgeted probe falls back on beyond its budget: the best mean
+#: Kendall tau of the closed-form scores on the same benchmark.
+FALLBACK_SCORE = "logme"
 LINEAR_PROBE_FOLDS = 5
 KNN_NEIGHBOURS = 5
 GBC_PCA_DIM = 64
@@ -431,10 +433,7 @@ def linear_probe_accuracy(features, labels, folds: int = LINEAR_PROBE_FOLDS,
     `folds`-fold cross-validation (shuffled with `seed`), or one stratified 70/30 hold-out split
     when folds == 1. Folds are reduced to the smallest class's size; a class with a single item
     is refused."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
     f = _features(features)
     y, classes = encode_labels(labels, len(f))
@@ -446,13 +445,34 @@ def linear_probe_accuracy(features, labels, folds: int = LINEAR_PROBE_FOLDS,
         splitter = StratifiedShuffleSplit(1, test_size=0.3, random_state=seed)
     else:
         splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+    return float(np.mean(probe_fold_accuracies(f, y, splitter)))
+
+
+def probe_fold_accuracies(features, y: np.ndarray, splitter) -> list[float]:
+    """Accuracy on each test fold of `splitter` of the probe every measurement here uses:
+    logistic regression (C = 1, lbfgs) on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    return float(np.mean(cross_val_score(model, f, y, cv=splitter, scoring="accuracy")))
+    return [float(a) for a in cross_val_score(model, _features(features), y, cv=splitter,
+                                              scoring="accuracy")]
 
 
 def holdout_probe_accuracy(features, labels, seed: int = 1) -> float:
     """The cheap baseline: one stratified 70/30 split (a different shuffle from validation)."""
     return linear_probe_accuracy(features, labels, folds=1, seed=seed)
+
+
+def budgeted_probe_accuracy(features, labels) -> float:
+    """One candidate on its own: the mean accuracy of the budgeted probe's first repetition
+    (5 folds shuffled with embedkit.ranking.PROBE_SEED); `rank_models` repeats it on the
+    candidates in contention."""
+    from .ranking import budgeted_probe
+
+    return budgeted_probe({"features": (features, labels)}, budget=float("inf"))[0].value
 
 
 # -- registry ----------------------------------------------------------------------------------
@@ -465,6 +485,8 @@ class Score:
 
 
 SCORES = {s.name: s for s in [
+    Score(BUDGETED, budgeted_probe_accuracy, "features",
+          "repeated 5-fold CV logistic regression within a time budget, successive halving"),
     Score("logme", logme, "features", "You et al., ICML 2021"),
     Score("leep", leep, "source classifier", "Nguyen et al., ICML 2020"),
     Score("nce", nce, "source classifier", "Tran et al., ICCV 2019"),
@@ -527,9 +549,16 @@ def parse_candidate(spec, layers: Sequence[str] | None = None) -> list[Candidate
 @dataclass
 class Ranking:
     metrics: list[str]
-    rows: list[dict]  # rank, candidate, model, layer, dim, one value per metric, [accuracy]
+    rows: list[dict]  # rank, candidate, model, layer, dim, one value per metric, [accuracy];
+    #                   with budgeted-probe also low, high, tied, method, seconds
     validation: list[dict] = field(default_factory=list)  # per metric: tau, weighted tau
     notes: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)  # what was measured, ties
+
+    @property
+    def tied(self) -> list[dict]:
+        """The rows the data cannot separate from the leader (empty when it can)."""
+        return [r for r in self.rows if r.get("tied")]
 
     def as_dict(self) -> dict:
         """JSON-ready: NaN (a score that does not apply) becomes None."""
@@ -538,7 +567,8 @@ class Ranking:
                      for k, v in row.items()} for row in rows]
 
         return {"metrics": self.metrics, "ranking": plain(self.rows),
-                "validation": plain(self.validation), "notes": self.notes}
+                "validation": plain(self.validation), "notes": self.notes,
+                "summary": self.summary}
 
 
 def _target_dataset(target):
@@ -563,19 +593,33 @@ def _aligned(a: EmbeddingSet, b: EmbeddingSet) -> tuple[EmbeddingSet, EmbeddingS
 
 def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | None = None,
                 validate: bool = False, layers: Sequence[str] | None = None,
-                progress: bool | None = None, log: Callable[[str], None] | None = None,
-                **extract_options) -> Ranking:
-    """Score each candidate (``MODEL``, ``MODEL@LAYER``, a saved .parquet set, or a Candidate)
-    on a labelled target dataset (folder, manifest, bundled name, or a saved set whose dataset
+                budget: float | None = None, progress: bool | None = None,
+                log: Callable[[str], None] | None = None, **extract_options) -> Ranking:
+    """Rank candidates (``MODEL``, ``MODEL@LAYER``, a saved .parquet set, or a Candidate) for
+    a labelled target dataset (folder, manifest, bundled name, or a saved set whose dataset
     folder still exists), best first by the first metric.
+
+    Args:
+        metrics: score name(s); the first orders the ranking. Default ``budgeted-probe``: a
+            repeated cross-validated linear probe on every candidate the `budget` affords,
+            successive halving on the ones in contention, the fallback score beyond it
+            (embedkit.ranking); its rows carry the method, the seconds spent, a probe accuracy
+            interval and whether the candidate is tied with the leader.
+        validate: also measure every candidate's 5-fold CV linear-probe accuracy (seed 0,
+            folds the budgeted probe never uses) and report Kendall's tau-b and weighted tau
+            of each score against it (scipy.stats).
+        layers: expand every bare MODEL into one candidate per layer.
+        budget: seconds the budgeted probe may spend after extraction (default 60).
+        progress, log: extraction progress bar; a callable for progress lines.
+        extract_options: cache, batch_size, device, ... for extraction.
 
     leep / nce need the candidate's source classifier: its ``logits`` layer (ImageNet classes
     for the image backbones), extracted through the cache; they score the model, whatever the
-    layer. A candidate without one gets NaN and a note. With ``validate``, every candidate's
-    5-fold CV linear-probe accuracy is measured and each score is compared with it (Kendall's
-    tau-b and weighted tau, scipy.stats). Options (cache, batch_size, device, ...) go to
-    extraction."""
+    layer. A candidate without one gets NaN and a note."""
+    import time
+
     from .extract import embeddings_of
+    from .ranking import DEFAULT_BUDGET, budgeted_probe, tie_summary
 
     names = score_names(metrics)
     log = log or (lambda message: None)
@@ -586,7 +630,7 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
              ([spec] if isinstance(spec, Candidate) else parse_candidate(spec, layers))]
     if not cands:
         raise UsageError("name at least one candidate model (--models M1 M2@LAYER ...)")
-    rows, notes, logits_of = [], [], {}
+    rows, notes, logits_of, sets = [], [], {}, {}
     for cand in cands:
         log(f"embedding the target with {cand.label}")
         try:
@@ -597,10 +641,14 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
             continue
         labels = emb.labels
         encode_labels(labels, len(emb))  # refuse unlabelled / single-class targets early
+        sets[cand.label] = emb
         row = {"candidate": cand.label, "model": emb.meta.get("model", cand.model),
                "layer": emb.meta.get("layer", cand.layer), "dim": emb.dim}
         for name in names:
             score = SCORES[name]
+            if name == BUDGETED:
+                continue  # measured over all candidates together, below
+            started = time.perf_counter()
             if score.needs == "source classifier":
                 source = _source_outputs(cand, emb, dataset, logits_of, progress,
                                          extract_options)
@@ -613,18 +661,45 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
                 row[name] = score.compute(outs.vectors, feats.labels)
             else:
                 row[name] = score.compute(emb.vectors, labels)
+            row[f"{name} seconds"] = time.perf_counter() - started
             log(f"  {name} = {row[name]:.4g}")
         if validate:
-            row["accuracy"] = row.get("linear-probe") or linear_probe_accuracy(emb.vectors,
-                                                                               labels)
+            row["accuracy"] = row["linear-probe"] if "linear-probe" in row else \
+                linear_probe_accuracy(emb.vectors, labels)
             log(f"  linear-probe accuracy (5-fold CV) = {row['accuracy']:.4f}")
         rows.append(row)
     if not rows:
         raise NotFoundError("no candidate could be scored: " + "; ".join(notes))
-    first = names[0]
-    rows.sort(key=lambda r: (np.isnan(r[first]), -np.nan_to_num(r[first], nan=-np.inf)))
+    summary = []
+    order = None
+    if BUDGETED in names:
+        budget = DEFAULT_BUDGET if budget is None else float(budget)
+        log(f"probing {len(sets)} candidates within {budget:g} s")
+        measured = budgeted_probe({k: (e.vectors, e.labels) for k, e in sets.items()},
+                                  budget=budget)
+        by_label = {r["candidate"]: r for r in rows}
+        for m in measured:
+            by_label[m.candidate].update({
+                BUDGETED: m.value, "low": m.low, "high": m.high, "tied": m.tied,
+                "method": m.method, "seconds": m.seconds, FALLBACK_SCORE: m.fallback})
+        if names[0] == BUDGETED:
+            order = [m.candidate for m in measured]
+        probed = sum(1 for m in measured if m.repeats)
+        spent = sum(m.seconds for m in measured)
+        summary.append(f"{probed} of {len(measured)} candidates measured by the probe within "
+                       f"the {budget:g} s budget ({spent:.1f} s spent)"
+                       + (f"; {len(measured) - probed} over budget, ranked by "
+                          f"{FALLBACK_SCORE}" if probed < len(measured) else ""))
+        line = tie_summary(measured)
+        if line:
+            summary.append(line)
+    if order is not None:
+        rows.sort(key=lambda r: order.index(r["candidate"]))
+    else:
+        first = names[0]
+        rows.sort(key=lambda r: (np.isnan(r[first]), -np.nan_to_num(r[first], nan=-np.inf)))
     rows = [{"rank": i, **r} for i, r in enumerate(rows, 1)]
-    ranking = Ranking(names, rows, notes=notes)
+    ranking = Ranking(names, rows, notes=notes, summary=summary)
     if validate:
         ranking.validation = validation_table(rows, names)
     return ranking
