@@ -167,6 +167,8 @@ def _random_last(values: dict, n_random: int) -> float:
     """Worst position (1 = first) of a random-init candidate, as a fraction of the places from
     the bottom it could take: 1.0 when they hold the last places, lower when one climbs."""
     defined = {c: v for c, v in values.items() if not np.isnan(v)}
+    if len(set(defined.values())) < 2:  # a constant score places nothing
+        return float("nan")
     order = sorted(defined, key=lambda c: -defined[c])
     places = [order.index(c) + 1 for c in defined if c.startswith("random")]
     if not places:
