@@ -275,9 +275,11 @@ def rank_models_command(cli):
 # -- advise ------------------------------------------------------------------------------------
 def advise_command(cli):
     from embedkit.advice import SIMILAR_ABOVE, SMALL_BELOW_PER_CLASS
+    from embedkit.ranking import DEFAULT_BUDGET
 
     @cli.command("advise")
     @click.argument("target")
+    @click.argument("more", nargs=-1)
     @click.option("--source", "-s", required=True,
                   help="A sample of the data the pretrained model learnt from (or a stand-in).")
     @probe_option
@@ -286,19 +288,36 @@ def advise_command(cli):
                   help="Items per class under which the target counts as small.")
     @click.option("--similar-above", type=float, default=SIMILAR_ABOVE, show_default=True,
                   help="cosine-mean similarity from which the source counts as similar.")
+    @click.option("--models", "candidates", multiple=True,
+                  help="Also rank these candidates (as rank-models takes them; values after "
+                       "the first may follow without repeating --models) and quote the winner, "
+                       "its interval, and on a tie the cheapest tied candidate.")
+    @click.option("--layers", default=None, help="Layers to try for every bare --models MODEL.")
+    @click.option("--budget", type=click.FloatRange(min=0), default=DEFAULT_BUDGET,
+                  show_default=True, help="Seconds the ranking may spend probing.")
     @cache_option
     @json_option
-    def advise(target, source, model, layer, small_below, similar_above, cache, as_json):
+    def advise(target, more, source, model, layer, small_below, similar_above, candidates,
+               layers, budget, cache, as_json):
         """How to transfer to TARGET: the rule of thumb on measured size and similarity.
 
         \b
         Example:
           embedkit advise ./digits-target --source ./digits-source --model efficientnet_lite0
+          embedkit advise ./digits-target --source ./digits-source \\
+              --models efficientnet_lite0 efficientnet_lite2 --layers blocks.4,pre_logits
         """
         from embedkit.advice import advise as apply_rule
+        from embedkit.transfer import parse_candidate
 
+        if more and not candidates:
+            raise click.UsageError(f"unexpected arguments {' '.join(more)}: candidates follow "
+                                   "--models")
+        expanded = [c for spec in [*candidates, *more] for c in parse_candidate(
+            spec, [l.strip() for l in layers.split(",")] if layers else None)]
         advice = apply_rule(target, source, model=model, layer=layer, small_below=small_below,
-                            similar_above=similar_above, cache=cache)
+                            similar_above=similar_above, candidates=expanded, budget=budget,
+                            cache=cache)
         if as_json:
             return emit_json(advice.as_dict())
         click.echo("\n".join(advice.lines()))
