@@ -53,20 +53,31 @@ CONFIDENCE = 0.95
 
 
 class ProbeCost:
-    """Seconds of one probe repetition, estimated as rate x n x d x classes: the cost of
-    lbfgs on multinomial logistic regression grows with each. The rate starts from a
-    measurement on a 2-core CPU and becomes the median of the rates measured in this run."""
+    """Seconds of one probe repetition: its own last measurement once it has one, else
+    load x (overhead + rate x n x d x classes). The shape is a measurement on this project's
+    2-core CPU (5 fits cost ~0.25 s however small, then lbfgs on multinomial logistic
+    regression grows with items, dimensions and classes: 0.95 s at 300 x 1280 x 10); `load`,
+    the median ratio of measured to modelled seconds in this run, adapts it to the machine of
+    the day. A fixed rate alone extrapolates a small first candidate's overhead into minutes
+    for a wide one."""
 
-    def __init__(self, rate: float = 2e-8):
-        self.rate = rate
-        self._seen: list[float] = []
+    def __init__(self, overhead: float = 0.25, rate: float = 2e-7):
+        self.overhead, self.rate = overhead, rate
+        self._ratios: list[float] = []
+        self._last: dict[str, float] = {}
+
+    def _model(self, n: int, d: int, classes: int) -> float:
+        return self.overhead + self.rate * n * d * classes
 
     def estimate(self, label: str, n: int, d: int, classes: int) -> float:
-        return self.rate * n * d * classes
+        if label in self._last:
+            return self._last[label]
+        load = float(np.median(self._ratios)) if self._ratios else 1.0
+        return load * self._model(n, d, classes)
 
     def observe(self, label: str, n: int, d: int, classes: int, seconds: float):
-        self._seen.append(seconds / max(n * d * classes, 1))
-        self.rate = float(np.median(self._seen))
+        self._last[label] = seconds
+        self._ratios.append(seconds / self._model(n, d, classes))
 
 
 @dataclass
