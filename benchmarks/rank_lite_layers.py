@@ -211,6 +211,31 @@ def summary(results: dict):
               f"{anchor:12.2f}")
     anchor = _mean([results[s]["random_in_bottom"]["truth"] for s in settings])
     print(f"{'(truth)':22s} {'':9s} {'':11s} {'':12s} {'':8s} {anchor:12.2f}")
+    markdown(results)
+
+
+def markdown(results: dict):
+    """The same means as a Markdown table, with the mean tau per target (over its sizes)."""
+    settings = list(results)
+    targets = list(dict.fromkeys(s.split("@")[0] for s in settings))
+    names = list(results[settings[0]]["scores"])
+
+    def mean(name, key, only=None):
+        return _mean([results[s]["scores"][name][key] for s in settings
+                      if only is None or s.split("@")[0] == only])
+
+    print("\n| score | " + " | ".join(targets) + " | mean tau | mean weighted tau | "
+          "mean top-1 regret | seconds (all settings) |")
+    print("|---" * (len(targets) + 5) + "|")
+    for name in names:
+        cells = [f"{mean(name, 'tau', t):.2f}" for t in targets]
+        seconds = sum(results[s]["seconds"][name] for s in settings)
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean(name, 'tau'):.3f} | "
+              f"{mean(name, 'weighted'):.3f} | {mean(name, 'regret'):.3f} | {seconds:.1f} |")
+    cells = [f"{_mean([results[s]['ceiling']['tau'] for s in settings if s.startswith(t + '@')]):.2f}"
+             for t in targets]
+    print("| (truth: 4 vs 4 repetitions) | " + " | ".join(cells) + " | "
+          f"{_mean([results[s]['ceiling']['tau'] for s in settings]):.3f} | | | |")
 
 
 def main():
