@@ -467,9 +467,9 @@ def holdout_probe_accuracy(features, labels, seed: int = 1) -> float:
 
 
 def budgeted_probe_accuracy(features, labels) -> float:
-    """One candidate on its own: the mean accuracy of the budgeted probe's first repetition
-    (5 folds shuffled with embedkit.ranking.PROBE_SEED); `rank_models` repeats it on the
-    candidates in contention."""
+    """One candidate on its own: its mean accuracy over the budgeted probe's full measurement
+    (embedkit.ranking.MAX_REPEATS repetitions of 5 folds, shuffled with PROBE_SEED + r), the
+    count a candidate in contention gets in `rank_models`."""
     from .ranking import budgeted_probe
 
     return budgeted_probe({"features": (features, labels)}, budget=float("inf"))[0].value
