@@ -21,16 +21,24 @@ candidate and its labels, without training the candidate; higher = better expect
   between per-class Gaussians (diagonal covariance) after PCA to 64 dimensions. Pándy,
   Agostinelli, Uijlings, Ferrari, Mensink, "Transferability Estimation using Bhattacharyya Class
   Separability", CVPR 2022.
+- ``transrate``: coding-rate mutual information between features and labels. Huang, Huang,
+  Rong, Yang, Wei, "Frustratingly Easy Transferability Estimation", ICML 2022.
+- ``sfda``: own-class probability under a regularised Fisher discriminant after a
+  self-challenging mix. Shao, Zhao, Ge, Wang, Zhang, Luo, "Not All Models Are Equal: Predicting
+  Model Transferability in a Self-challenging Fisher Space", ECCV 2022.
 - ``knn``: leave-one-out k-nearest-neighbour accuracy (cosine, k = 5).
 - ``linear-probe``: stratified 5-fold cross-validated accuracy of a logistic regression on
   standardised features (the measured transfer every score is validated against).
 - ``holdout-probe``: the same classifier on one stratified 70/30 split: the cheap baseline a
   score must beat or match to earn its place.
 
-The default score is LogME (``DEFAULT_SCORE``), chosen by evidence on the bundled targets
-(docs/compare.md). ``rank_models`` scores candidates (``MODEL`` or ``MODEL@LAYER`` or saved EmbeddingSets) on a
+The default (``DEFAULT_SCORE``) is ``budgeted-probe``: a repeated cross-validated linear probe
+on every candidate a time budget affords, LogME beyond it, with intervals and ties
+(embedkit.ranking), chosen by evidence (docs/compare.md, benchmarks/rank_lite_layers.py).
+``rank_models`` ranks candidates (``MODEL`` or ``MODEL@LAYER`` or saved EmbeddingSets) on a
 target; with ``validate=True`` it also measures each candidate's cross-validated linear-probe
-accuracy and reports Kendall's tau and weighted tau between every score and that accuracy.
+accuracy on its own folds and reports Kendall's tau and weighted tau between every score and
+that accuracy.
 """
 
 from __future__ import annotations
