@@ -185,8 +185,16 @@ def rank_sources_command(cli):
 
 
 # -- rank-models -------------------------------------------------------------------------------
+def _interval(row) -> str:
+    low, high = row.get("low"), row.get("high")
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return "-"
+    return f"{low:.3f}-{high:.3f}"
+
+
 def rank_models_command(cli):
-    from embedkit.transfer import DEFAULT_SCORE, SCORES
+    from embedkit.ranking import DEFAULT_BUDGET
+    from embedkit.transfer import BUDGETED, DEFAULT_SCORE, FALLBACK_SCORE, SCORES
 
     @cli.command("rank-models")
     @click.argument("target")
@@ -198,21 +206,34 @@ def rank_models_command(cli):
                   help="Comma-separated layers to try for every bare MODEL, e.g. "
                        "blocks.4,blocks.5,pre_logits.")
     @_metrics_option(list(SCORES), DEFAULT_SCORE,
-                     "Transferability score(s); the first orders the ranking. leep/nce need "
-                     "the model's classifier head (logits).")
+                     f"Score(s); the first orders the ranking. {BUDGETED}: a repeated 5-fold "
+                     f"CV linear probe on every candidate the --budget affords, {FALLBACK_SCORE} "
+                     "beyond it. leep/nce need the model's classifier head (logits).")
+    @click.option("--budget", type=click.FloatRange(min=0), default=DEFAULT_BUDGET,
+                  show_default=True,
+                  help=f"Seconds the {BUDGETED} ranking may spend probing, after extraction.")
     @click.option("--validate", is_flag=True,
-                  help="Also measure each candidate's 5-fold CV linear-probe accuracy and "
-                       "report Kendall's tau / weighted tau of every score against it.")
+                  help="Also measure each candidate's 5-fold CV linear-probe accuracy (its own "
+                       "folds) and report Kendall's tau / weighted tau of every score against "
+                       "it.")
     @cache_option
     @json_option
     @csv_option
-    def rank_models(target, more, models, layers, metrics, validate, cache, as_json, as_csv):
+    def rank_models(target, more, models, layers, metrics, budget, validate, cache, as_json,
+                    as_csv):
         """Rank pretrained models (and layers) for the labelled TARGET, best first.
+
+        By default each candidate is measured: a repeated, stratified 5-fold cross-validated
+        linear probe, as many repetitions as the budget allows on the candidates still in
+        contention; each row says how it was ranked, what that cost, and its accuracy
+        interval; candidates the data cannot separate from the leader are marked tied.
 
         \b
         Example:
           embedkit rank-models ./digits-target --models efficientnet_lite0 efficientnet_lite2 \\
-              --layers blocks.4,pre_logits --metric logme --metric holdout-probe --validate
+              --layers blocks.4,pre_logits --budget 30
+          embedkit rank-models ./digits-target --models efficientnet_lite0 --metric logme \\
+              --metric transrate --validate
         """
         from embedkit.transfer import rank_models as rank, score_names
 
@@ -220,17 +241,31 @@ def rank_models_command(cli):
         if not candidates:
             raise click.UsageError("name the candidates: --models M1 M2@LAYER ...")
         names = score_names(list(metrics))
-        ranking = rank(target, candidates, names, validate=validate,
+        ranking = rank(target, candidates, names, validate=validate, budget=budget,
                        layers=[l.strip() for l in layers.split(",")] if layers else None,
                        cache=cache, log=_log)
-        columns = ["rank", "candidate", "dim", *names, *(["accuracy"] if validate else [])]
+        budgeted = BUDGETED in names
+        others = [n for n in names if n != BUDGETED]
+        if budgeted and FALLBACK_SCORE not in others:
+            others.append(FALLBACK_SCORE)
+        columns = ["rank", "candidate", "dim",
+                   *([BUDGETED, "interval", "tied", "method", "seconds"] if budgeted else []),
+                   *others, *(["accuracy"] if validate else [])]
         if as_json:
             return emit_json(ranking.as_dict())
         if as_csv:
-            return _emit_csv(ranking.rows, columns)
-        click.echo(table(ranking.rows, columns))
+            return _emit_csv(ranking.rows, [part for c in columns for part in
+                                            (["low", "high"] if c == "interval" else [c])])
+        rows = [{**r, "interval": _interval(r),
+                 "tied": {True: "tied", False: "", None: "-"}.get(r.get("tied"), "")}
+                for r in ranking.rows]
+        click.echo(table(rows, columns))
+        if ranking.summary:
+            click.echo("")
+        for line in ranking.summary:
+            click.echo(line)
         if validate:
-            click.echo("\nscore vs measured accuracy (5-fold CV linear probe):")
+            click.echo("\nscore vs measured accuracy (5-fold CV linear probe, seed 0):")
             click.echo(table(ranking.validation, ["metric", "candidates", "kendall_tau",
                                                   "p_value", "weighted_tau"]))
         for note in ranking.notes:
@@ -240,9 +275,11 @@ def rank_models_command(cli):
 # -- advise ------------------------------------------------------------------------------------
 def advise_command(cli):
     from embedkit.advice import SIMILAR_ABOVE, SMALL_BELOW_PER_CLASS
+    from embedkit.ranking import DEFAULT_BUDGET
 
     @cli.command("advise")
     @click.argument("target")
+    @click.argument("more", nargs=-1)
     @click.option("--source", "-s", required=True,
                   help="A sample of the data the pretrained model learnt from (or a stand-in).")
     @probe_option
@@ -251,19 +288,36 @@ def advise_command(cli):
                   help="Items per class under which the target counts as small.")
     @click.option("--similar-above", type=float, default=SIMILAR_ABOVE, show_default=True,
                   help="cosine-mean similarity from which the source counts as similar.")
+    @click.option("--models", "candidates", multiple=True,
+                  help="Also rank these candidates (as rank-models takes them; values after "
+                       "the first may follow without repeating --models) and quote the winner, "
+                       "its interval, and on a tie the cheapest tied candidate.")
+    @click.option("--layers", default=None, help="Layers to try for every bare --models MODEL.")
+    @click.option("--budget", type=click.FloatRange(min=0), default=DEFAULT_BUDGET,
+                  show_default=True, help="Seconds the ranking may spend probing.")
     @cache_option
     @json_option
-    def advise(target, source, model, layer, small_below, similar_above, cache, as_json):
+    def advise(target, more, source, model, layer, small_below, similar_above, candidates,
+               layers, budget, cache, as_json):
         """How to transfer to TARGET: the rule of thumb on measured size and similarity.
 
         \b
         Example:
           embedkit advise ./digits-target --source ./digits-source --model efficientnet_lite0
+          embedkit advise ./digits-target --source ./digits-source \\
+              --models efficientnet_lite0 efficientnet_lite2 --layers blocks.4,pre_logits
         """
         from embedkit.advice import advise as apply_rule
+        from embedkit.transfer import parse_candidate
 
+        if more and not candidates:
+            raise click.UsageError(f"unexpected arguments {' '.join(more)}: candidates follow "
+                                   "--models")
+        expanded = [c for spec in [*candidates, *more] for c in parse_candidate(
+            spec, [l.strip() for l in layers.split(",")] if layers else None)]
         advice = apply_rule(target, source, model=model, layer=layer, small_below=small_below,
-                            similar_above=similar_above, cache=cache)
+                            similar_above=similar_above, candidates=expanded, budget=budget,
+                            cache=cache)
         if as_json:
             return emit_json(advice.as_dict())
         click.echo("\n".join(advice.lines()))

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .embeddings import EmbeddingSet, is_embeddings_file
-from .errors import UsageError
+from .errors import EmbedkitError, UsageError
 
 SMALL_BELOW_PER_CLASS = 1000
 SIMILAR_ABOVE = 0.9
@@ -63,6 +63,7 @@ class Advice:
     strategy: str
     command: str
     also: list[str]
+    ranking: dict | None = None  # the candidates' ranking, when candidates were given
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +80,71 @@ class Advice:
             f"advice:       {self.strategy}",
             f"next:         {self.command}",
             *(f"              {line}" for line in self.also),
+            *ranking_lines(self.ranking),
         ]
+
+
+def ranking_lines(ranking: dict | None) -> list[str]:
+    """What the ranking says, in the words the advice uses (see `quote_ranking`)."""
+    if not ranking:
+        return []
+    best = ranking["best"]
+    lines = [f"best model:   {best['candidate']}, {_measured(best)}"]
+    if len(ranking["tied"]) > 1:
+        pick = ranking["pick"]
+        lines.append(f"              {len(ranking['tied'])} candidates tie with it on this "
+                     f"data ({', '.join(r['candidate'] for r in ranking['tied'])}): the "
+                     f"cheapest, {pick['candidate']} ({pick['cost']}), is the sensible pick")
+    return lines
+
+
+def _measured(row: dict) -> str:
+    if row.get("low") is None or np.isnan(row["low"]):  # over budget: no interval
+        return f"ranked by {row['method']}"
+    return (f"probe accuracy {row['value']:.3f} (95% interval {row['low']:.3f}-"
+            f"{row['high']:.3f}, {row['method']})")
+
+
+def quote_ranking(ranking, cost) -> dict:
+    """The winner of a `transfer.rank_models` ranking (default score), its interval, the
+    candidates tied with it and the sensible pick among them: the cheapest to use, by
+    `cost(row) -> (seconds per item or None, text)` (`inference_cost(dataset)` measures
+    inference time). Ties are a statement about the data: when it cannot tell
+    candidates apart, paying more for the bigger one buys nothing measurable."""
+    from .transfer import BUDGETED
+
+    def plain(row):
+        return {"candidate": row["candidate"], "value": row.get(BUDGETED, float("nan")),
+                "low": row.get("low"), "high": row.get("high"), "method": row.get("method")}
+
+    best = ranking.rows[0]
+    tied = ranking.tied
+    pick = {**plain(best), "cost": "-"}
+    if len(tied) > 1:
+        costed = [cost(row) for row in tied]
+        known = [(c[0], c[1], row) for c, row in zip(costed, tied) if c[0] is not None]
+        if known:
+            seconds, text, row = min(known, key=lambda k: k[0])
+            pick = {**plain(row), "cost": text}
+    return {"best": plain(best), "tied": [plain(r) for r in tied], "pick": pick,
+            "summary": ranking.summary}
+
+
+def inference_cost(dataset):
+    """cost(row) for `quote_ranking`: seconds per item of embedding `dataset` with the row's
+    MODEL@LAYER, measured (`ranking.inference_seconds`); unknown for a saved set."""
+    from .ranking import inference_seconds
+
+    def cost(row: dict):
+        if not row.get("model") or not dataset:
+            return None, "cost unknown"
+        try:
+            seconds = inference_seconds(dataset, row["model"], layer=row.get("layer"))
+        except EmbedkitError:  # a saved set's model that is not on this machine
+            return None, "cost unknown"
+        return seconds, f"{seconds * 1000:.1f} ms per item, measured"
+
+    return cost
 
 
 def lower_layer(model: str) -> str | None:
@@ -100,12 +165,14 @@ def _spec_text(spec) -> str:
 
 def advise(target, source, model: str | None = None, layer: str | None = None,
            small_below: int = SMALL_BELOW_PER_CLASS, similar_above: float = SIMILAR_ABOVE,
-           **extract_options) -> Advice:
+           candidates=None, budget: float | None = None, **extract_options) -> Advice:
     """Apply the rule of thumb to a target (dataset or saved set) and a source (a sample of
     the data the pretrained model learnt from, or any stand-in for it), both embedded by the
     probe `model` (default: the modality's default backbone) at `layer` (default: its own).
     Returns the measured size and similarity, the thresholds, the strategy and the next
-    embedkit command."""
+    embedkit command. With `candidates` (as `transfer.rank_models` takes them) the target
+    must be labelled; they are ranked within `budget` seconds, and the advice quotes the
+    winner with its interval and, on a tie, the cheapest tied candidate as the pick."""
     from .extract import embeddings_of
     from .similarity import cosine_mean, check_same_probe
 
@@ -126,11 +193,18 @@ def advise(target, source, model: str | None = None, layer: str | None = None,
     target_text = _spec_text(target) if not is_embeddings_file(target) else \
         target_set.meta.get("dataset", str(target))
     command, also = _next_steps(target_text, model, small, similar, labelled)
+    ranked = None
+    if candidates:
+        from .transfer import rank_models
+
+        ranking = rank_models(target, candidates, budget=budget, **extract_options)
+        ranked = quote_ranking(ranking, inference_cost(target_set.meta.get("dataset")))
     return Advice(target=target_text, source=_spec_text(source), model=model, layer=layer,
                   items=len(target_set), classes=classes, items_per_class=per_class,
                   similarity=similarity, metric=SIMILARITY_METRIC, small_below=small_below,
                   similar_above=similar_above, small=small, similar=similar,
-                  strategy=STRATEGIES[(small, similar)], command=command, also=also)
+                  strategy=STRATEGIES[(small, similar)], command=command, also=also,
+                  ranking=ranked)
 
 
 def _next_steps(target: str, model: str, small: bool, similar: bool,

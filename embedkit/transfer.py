@@ -21,16 +21,24 @@ candidate and its labels, without training the candidate; higher = better expect
   between per-class Gaussians (diagonal covariance) after PCA to 64 dimensions. Pándy,
   Agostinelli, Uijlings, Ferrari, Mensink, "Transferability Estimation using Bhattacharyya Class
   Separability", CVPR 2022.
+- ``transrate``: coding-rate mutual information between features and labels. Huang, Huang,
+  Rong, Yang, Wei, "Frustratingly Easy Transferability Estimation", ICML 2022.
+- ``sfda``: own-class probability under a regularised Fisher discriminant after a
+  self-challenging mix. Shao, Zhao, Ge, Wang, Zhang, Luo, "Not All Models Are Equal: Predicting
+  Model Transferability in a Self-challenging Fisher Space", ECCV 2022.
 - ``knn``: leave-one-out k-nearest-neighbour accuracy (cosine, k = 5).
 - ``linear-probe``: stratified 5-fold cross-validated accuracy of a logistic regression on
   standardised features (the measured transfer every score is validated against).
 - ``holdout-probe``: the same classifier on one stratified 70/30 split: the cheap baseline a
   score must beat or match to earn its place.
 
-The default score is LogME (``DEFAULT_SCORE``), chosen by evidence on the bundled targets
-(docs/compare.md). ``rank_models`` scores candidates (``MODEL`` or ``MODEL@LAYER`` or saved EmbeddingSets) on a
+The default (``DEFAULT_SCORE``) is ``budgeted-probe``: a repeated cross-validated linear probe
+on every candidate a time budget affords, LogME beyond it, with intervals and ties
+(embedkit.ranking), chosen by evidence (docs/compare.md, benchmarks/rank_lite_layers.py).
+``rank_models`` ranks candidates (``MODEL`` or ``MODEL@LAYER`` or saved EmbeddingSets) on a
 target; with ``validate=True`` it also measures each candidate's cross-validated linear-probe
-accuracy and reports Kendall's tau and weighted tau between every score and that accuracy.
+accuracy on its own folds and reports Kendall's tau and weighted tau between every score and
+that accuracy.
 """
 
 from __future__ import annotations
@@ -44,16 +52,20 @@ import numpy as np
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import NotFoundError, UsageError
 
-#: The score `rank_models` uses when none is named, chosen by evidence (docs/compare.md,
-#: benchmarks/rank_lite_layers.py): EfficientNet-Lite0/1/2 x 4 layers on digits-target and
-#: animal-shape at 10, 20 and 30 images per class, each score against the 5-fold CV
-#: linear-probe accuracy. LogME had the best mean Kendall tau (0.63; the cheap hold-out probe
-#: 0.56, kNN 0.55) and matched the hold-out probe's weighted tau (0.59 vs 0.60), beating or
-#: tying it in 4 of the 6 settings.
-DEFAULT_SCORE = "logme"
+#: What `rank_models` ranks by when no score is named: a repeated cross-validated linear probe
+#: on every candidate the budget affords (embedkit.ranking). On the ranking benchmark
+#: (docs/compare.md, benchmarks/rank_lite_layers.py) it orders candidates closer to the
+#: held-out truth than any closed-form score.
+BUDGETED = "budgeted-probe"
+DEFAULT_SCORE = BUDGETED
+#: The closed-form score the budgeted probe falls back on beyond its budget: the best mean
+#: Kendall tau of the closed-form scores on the same benchmark.
+FALLBACK_SCORE = "logme"
 LINEAR_PROBE_FOLDS = 5
 KNN_NEIGHBOURS = 5
 GBC_PCA_DIM = 64
+TRANSRATE_EPS = 1e-4  # the authors' distortion
+SFDA_MIN_SHRINKAGE = 1e-10  # the authors' floor on the adaptive shrinkage
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -190,18 +202,37 @@ def softmax(logits) -> np.ndarray:
     return x / x.sum(axis=1, keepdims=True)
 
 
-def _source_probabilities(p) -> np.ndarray:
-    p = _features(p)
-    if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
-        p = softmax(p)  # logits were given
-    return p
+def row_sum_tolerance(dtype) -> float:
+    """How far from 1 the rows of a softmax stored in `dtype` may sum: 1e-4, or 8 machine
+    epsilons where the dtype is coarser (float16: 7.8e-3). Each stored probability carries a
+    relative rounding error of at most eps / 2, so a row of them sums to 1 within eps / 2
+    plus the summation's own rounding; 8 eps leaves room for a softmax computed in that dtype.
+    Logits pass this test only by accident: they would have to be non-negative and sum to 1."""
+    dtype = np.dtype(dtype)
+    eps = float(np.finfo(dtype).eps) if dtype.kind == "f" else 0.0
+    return max(1e-4, 8 * eps)
+
+
+def _source_probabilities(outputs) -> np.ndarray:
+    """Source-classifier outputs as float64 probabilities. Rows that are non-negative and sum
+    to 1 within `row_sum_tolerance` of their dtype are probabilities (renormalised in float64);
+    anything else is taken for logits and softmaxed. A fixed 1e-4 tolerance took float16
+    softmax rows (sums off by up to ~5e-4) for logits and softmaxed them twice, flattening
+    LEEP to about -ln C."""
+    tolerance = row_sum_tolerance(getattr(outputs, "dtype", np.float64))
+    p = _features(outputs)
+    if (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=tolerance):
+        return softmax(p)  # logits were given
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def leep(source_outputs, labels) -> float:
     """LEEP (Nguyen et al., ICML 2020): (1/n) sum_i log sum_z P(y_i | z) theta(x_i)_z, where theta
     is the source classifier's softmax over source classes z and P(y | z) the empirical
     conditional from the joint P(y, z) = (1/n) sum_i theta(x_i)_z [y_i = y]. Takes
-    probabilities or logits (softmax applied when rows are not distributions). <= 0."""
+    probabilities or logits: rows that are distributions within their dtype's rounding
+    (`row_sum_tolerance`: float16 softmax rows qualify) are used as probabilities, anything
+    else is softmaxed. <= 0."""
     p = _source_probabilities(source_outputs)
     y, classes = encode_labels(labels, len(p))
     joint = _one_hot(y, len(classes)).T @ p / len(p)  # [C, Z]
@@ -290,6 +321,99 @@ def gbc(features, labels, pca_dim: int | None = GBC_PCA_DIM, gaussian: str = "di
     return float(-total)
 
 
+def coding_rate(f: np.ndarray, eps: float = TRANSRATE_EPS) -> float:
+    """R(Z, eps) = 1/2 log det(I + Z'Z / (n eps)) for Z [n, d], from the non-zero eigenvalues
+    of Z'Z (the zero ones add log 1 = 0), so d > n costs an n x n eigenproblem."""
+    if len(f) == 0:
+        return 0.0
+    s = thin_eigh(f)[0]
+    return float(0.5 * np.log1p(s / (len(f) * eps)).sum())
+
+
+def transrate(features, labels, eps: float = TRANSRATE_EPS) -> float:
+    """TransRate (Huang, Huang, Rong, Yang, Wei, "Frustratingly Easy Transferability
+    Estimation", ICML 2022): the mutual information between features and labels measured by
+    coding rate, R(Z, eps) - R(Z | Y, eps), with R(Z | Y) the mean of the classes' coding rates.
+    As in the authors' released code: features centred once (over all items), each class's
+    rows used as they are, R scaled by 1 / (n eps) with eps = 1e-4, and the classes weighted
+    equally (the paper weighs by class frequency: the same for a balanced target)."""
+    f = _features(features)
+    y, classes = encode_labels(labels, len(f))
+    f = f - f.mean(axis=0)
+    return coding_rate(f, eps) - float(np.mean([coding_rate(f[y == c], eps)
+                                                for c in range(len(classes))]))
+
+
+def _largest_eigenvalue_estimate(within: np.ndarray, iterations: int = 3) -> float:
+    """The authors' estimate of the largest eigenvalue of S = within' within / n: power
+    iteration from the row sums of S, `iterations` double steps, x' S y at the end."""
+    n = len(within)
+
+    def times_s(x):
+        return within.T @ (within @ x) / n
+
+    x = times_s(np.ones(within.shape[1]))
+    y = x
+    for _ in range(iterations):
+        t = times_s(x)
+        y = t / np.linalg.norm(t)
+        t = times_s(y)
+        x = t / np.linalg.norm(t)
+    return float(x @ times_s(y))
+
+
+def shrunk_lda_probabilities(f: np.ndarray, y: np.ndarray, c: int,
+                             shrinkage: float | None = None) -> tuple[np.ndarray, float]:
+    """(P(class | x) [n, C], shrinkage) of linear discriminant analysis with the shrunk
+    within-class covariance S_a = (1 - a) S_w + a (tr S_w / d) I used by SFDA.
+
+    SFDA's classifier keeps every generalised eigenvector V of (S_b, S_a), normalised so that
+    V' S_a V = I; then V V' = S_a^-1, so its scores are the plain LDA ones
+    x' S_a^-1 m_c - m_c' S_a^-1 m_c / 2 + log prior_c. S_a^-1 is applied in the eigenbasis
+    of S_w (rank <= n - C), the rest of the space scaled by 1 / (a tr S_w / d): exact, and
+    no d x d matrix when d > n. a = max(exp(-5 lambda_max(S_w)), 1e-10) unless given."""
+    n, d = f.shape
+    counts = np.bincount(y, minlength=c)
+    means = _one_hot(y, c).T @ f / counts[:, None]
+    within = f - means[y]
+    w, v = thin_eigh(within)
+    w = w / n  # non-zero eigenvalues of S_w = sum_c prior_c cov_c (biased)
+    if shrinkage is None:
+        lam = _largest_eigenvalue_estimate(within) if len(w) else 0.0
+        shrinkage = max(float(np.exp(-5 * lam)), SFDA_MIN_SHRINKAGE)
+    floor = shrinkage * w.sum() / d  # the eigenvalue of S_a outside S_w's span
+    if floor <= 0:
+        raise UsageError("sfda needs features that vary within classes (every class's items "
+                         "have identical features)")
+    in_span = means @ v
+    precision_means = (in_span / ((1 - shrinkage) * w + floor)) @ v.T  # rows: S_a^-1 m_c
+    if len(w) < d:  # only then is there a rest of the space (else its residual is rounding,
+        precision_means += (means - in_span @ v.T) / floor  # which 1 / floor would amplify)
+    logits = (f @ precision_means.T - 0.5 * (means * precision_means).sum(axis=1)
+              + np.log(counts / n))
+    return softmax(logits), shrinkage
+
+
+def sfda(features, labels) -> float:
+    """SFDA (Shao, Zhao, Ge, Wang, Zhang, Luo, "Not All Models Are Equal: Predicting Model
+    Transferability in a Self-challenging Fisher Space", ECCV 2022): the mean probability of
+    the true class under a regularised Fisher discriminant (`shrunk_lda_probabilities`), after
+    the self-challenge ConfMix: each item moves towards the mean of the other classes' means
+    by one minus its (softened: softmax of the probabilities, as the authors) probability of
+    its own class, and a second discriminant with the same shrinkage scores the mixed items.
+    Follows the authors' released code; in [0, 1]."""
+    f = _features(features)
+    y, classes = encode_labels(labels, len(f))
+    c = len(classes)
+    p, shrinkage = shrunk_lda_probabilities(f, y, c)
+    own = softmax(p)[np.arange(len(f)), y][:, None]
+    means = _one_hot(y, c).T @ f / np.bincount(y)[:, None]
+    others = (means.sum(axis=0) - means) / (c - 1)
+    mixed = own * f + (1 - own) * others[y]
+    p, _ = shrunk_lda_probabilities(mixed, y, c, shrinkage)
+    return float(p[np.arange(len(f)), y].mean())
+
+
 def knn_accuracy(features, labels, k: int = KNN_NEIGHBOURS) -> float:
     """Leave-one-out k-NN accuracy with cosine similarity: each item is classified by majority
     vote of its k nearest other items (ties go to the first class in sorted order, as in
@@ -317,10 +441,7 @@ def linear_probe_accuracy(features, labels, folds: int = LINEAR_PROBE_FOLDS,
     `folds`-fold cross-validation (shuffled with `seed`), or one stratified 70/30 hold-out split
     when folds == 1. Folds are reduced to the smallest class's size; a class with a single item
     is refused."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
     f = _features(features)
     y, classes = encode_labels(labels, len(f))
@@ -332,13 +453,34 @@ def linear_probe_accuracy(features, labels, folds: int = LINEAR_PROBE_FOLDS,
         splitter = StratifiedShuffleSplit(1, test_size=0.3, random_state=seed)
     else:
         splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
+    return float(np.mean(probe_fold_accuracies(f, y, splitter)))
+
+
+def probe_fold_accuracies(features, y: np.ndarray, splitter) -> list[float]:
+    """Accuracy on each test fold of `splitter` of the probe every measurement here uses:
+    logistic regression (C = 1, lbfgs) on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    return float(np.mean(cross_val_score(model, f, y, cv=splitter, scoring="accuracy")))
+    return [float(a) for a in cross_val_score(model, _features(features), y, cv=splitter,
+                                              scoring="accuracy")]
 
 
 def holdout_probe_accuracy(features, labels, seed: int = 1) -> float:
     """The cheap baseline: one stratified 70/30 split (a different shuffle from validation)."""
     return linear_probe_accuracy(features, labels, folds=1, seed=seed)
+
+
+def budgeted_probe_accuracy(features, labels) -> float:
+    """One candidate on its own: its mean accuracy over the budgeted probe's full measurement
+    (embedkit.ranking.MAX_REPEATS repetitions of 5 folds, shuffled with PROBE_SEED + r), the
+    count a candidate in contention gets in `rank_models`."""
+    from .ranking import budgeted_probe
+
+    return budgeted_probe({"features": (features, labels)}, budget=float("inf"))[0].value
 
 
 # -- registry ----------------------------------------------------------------------------------
@@ -351,11 +493,15 @@ class Score:
 
 
 SCORES = {s.name: s for s in [
+    Score(BUDGETED, budgeted_probe_accuracy, "features",
+          "repeated 5-fold CV logistic regression within a time budget, successive halving"),
     Score("logme", logme, "features", "You et al., ICML 2021"),
     Score("leep", leep, "source classifier", "Nguyen et al., ICML 2020"),
     Score("nce", nce, "source classifier", "Tran et al., ICCV 2019"),
     Score("hscore", hscore, "features", "Ibrahim et al., ECML-PKDD 2022 (regularised)"),
     Score("gbc", gbc, "features", "Pándy et al., CVPR 2022"),
+    Score("transrate", transrate, "features", "Huang et al., ICML 2022"),
+    Score("sfda", sfda, "features", "Shao et al., ECCV 2022"),
     Score("knn", knn_accuracy, "features", "leave-one-out 5-NN accuracy, cosine"),
     Score("linear-probe", linear_probe_accuracy, "features",
           "5-fold CV logistic regression accuracy"),
@@ -411,9 +557,16 @@ def parse_candidate(spec, layers: Sequence[str] | None = None) -> list[Candidate
 @dataclass
 class Ranking:
     metrics: list[str]
-    rows: list[dict]  # rank, candidate, model, layer, dim, one value per metric, [accuracy]
+    rows: list[dict]  # rank, candidate, model, layer, dim, one value per metric, [accuracy];
+    #                   with budgeted-probe also low, high, tied, method, seconds
     validation: list[dict] = field(default_factory=list)  # per metric: tau, weighted tau
     notes: list[str] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)  # what was measured, ties
+
+    @property
+    def tied(self) -> list[dict]:
+        """The rows the data cannot separate from the leader (empty when it can)."""
+        return [r for r in self.rows if r.get("tied")]
 
     def as_dict(self) -> dict:
         """JSON-ready: NaN (a score that does not apply) becomes None."""
@@ -422,7 +575,8 @@ class Ranking:
                      for k, v in row.items()} for row in rows]
 
         return {"metrics": self.metrics, "ranking": plain(self.rows),
-                "validation": plain(self.validation), "notes": self.notes}
+                "validation": plain(self.validation), "notes": self.notes,
+                "summary": self.summary}
 
 
 def _target_dataset(target):
@@ -447,19 +601,33 @@ def _aligned(a: EmbeddingSet, b: EmbeddingSet) -> tuple[EmbeddingSet, EmbeddingS
 
 def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | None = None,
                 validate: bool = False, layers: Sequence[str] | None = None,
-                progress: bool | None = None, log: Callable[[str], None] | None = None,
-                **extract_options) -> Ranking:
-    """Score each candidate (``MODEL``, ``MODEL@LAYER``, a saved .parquet set, or a Candidate)
-    on a labelled target dataset (folder, manifest, bundled name, or a saved set whose dataset
+                budget: float | None = None, progress: bool | None = None,
+                log: Callable[[str], None] | None = None, **extract_options) -> Ranking:
+    """Rank candidates (``MODEL``, ``MODEL@LAYER``, a saved .parquet set, or a Candidate) for
+    a labelled target dataset (folder, manifest, bundled name, or a saved set whose dataset
     folder still exists), best first by the first metric.
+
+    Args:
+        metrics: score name(s); the first orders the ranking. Default ``budgeted-probe``: a
+            repeated cross-validated linear probe on every candidate the `budget` affords,
+            successive halving on the ones in contention, the fallback score beyond it
+            (embedkit.ranking); its rows carry the method, the seconds spent, a probe accuracy
+            interval and whether the candidate is tied with the leader.
+        validate: also measure every candidate's 5-fold CV linear-probe accuracy (seed 0,
+            folds the budgeted probe never uses) and report Kendall's tau-b and weighted tau
+            of each score against it (scipy.stats).
+        layers: expand every bare MODEL into one candidate per layer.
+        budget: seconds the budgeted probe may spend after extraction (default 60).
+        progress, log: extraction progress bar; a callable for progress lines.
+        extract_options: cache, batch_size, device, ... for extraction.
 
     leep / nce need the candidate's source classifier: its ``logits`` layer (ImageNet classes
     for the image backbones), extracted through the cache; they score the model, whatever the
-    layer. A candidate without one gets NaN and a note. With ``validate``, every candidate's
-    5-fold CV linear-probe accuracy is measured and each score is compared with it (Kendall's
-    tau-b and weighted tau, scipy.stats). Options (cache, batch_size, device, ...) go to
-    extraction."""
+    layer. A candidate without one gets NaN and a note."""
+    import time
+
     from .extract import embeddings_of
+    from .ranking import DEFAULT_BUDGET, budgeted_probe, tie_summary
 
     names = score_names(metrics)
     log = log or (lambda message: None)
@@ -470,7 +638,7 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
              ([spec] if isinstance(spec, Candidate) else parse_candidate(spec, layers))]
     if not cands:
         raise UsageError("name at least one candidate model (--models M1 M2@LAYER ...)")
-    rows, notes, logits_of = [], [], {}
+    rows, notes, logits_of, sets = [], [], {}, {}
     for cand in cands:
         log(f"embedding the target with {cand.label}")
         try:
@@ -481,10 +649,14 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
             continue
         labels = emb.labels
         encode_labels(labels, len(emb))  # refuse unlabelled / single-class targets early
+        sets[cand.label] = emb
         row = {"candidate": cand.label, "model": emb.meta.get("model", cand.model),
                "layer": emb.meta.get("layer", cand.layer), "dim": emb.dim}
         for name in names:
             score = SCORES[name]
+            if name == BUDGETED:
+                continue  # measured over all candidates together, below
+            started = time.perf_counter()
             if score.needs == "source classifier":
                 source = _source_outputs(cand, emb, dataset, logits_of, progress,
                                          extract_options)
@@ -497,18 +669,45 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
                 row[name] = score.compute(outs.vectors, feats.labels)
             else:
                 row[name] = score.compute(emb.vectors, labels)
+            row[f"{name} seconds"] = time.perf_counter() - started
             log(f"  {name} = {row[name]:.4g}")
         if validate:
-            row["accuracy"] = row.get("linear-probe") or linear_probe_accuracy(emb.vectors,
-                                                                               labels)
+            row["accuracy"] = row["linear-probe"] if "linear-probe" in row else \
+                linear_probe_accuracy(emb.vectors, labels)
             log(f"  linear-probe accuracy (5-fold CV) = {row['accuracy']:.4f}")
         rows.append(row)
     if not rows:
         raise NotFoundError("no candidate could be scored: " + "; ".join(notes))
-    first = names[0]
-    rows.sort(key=lambda r: (np.isnan(r[first]), -np.nan_to_num(r[first], nan=-np.inf)))
+    summary = []
+    order = None
+    if BUDGETED in names:
+        budget = DEFAULT_BUDGET if budget is None else float(budget)
+        log(f"probing {len(sets)} candidates within {budget:g} s")
+        measured = budgeted_probe({k: (e.vectors, e.labels) for k, e in sets.items()},
+                                  budget=budget)
+        by_label = {r["candidate"]: r for r in rows}
+        for m in measured:
+            by_label[m.candidate].update({
+                BUDGETED: m.value, "low": m.low, "high": m.high, "tied": m.tied,
+                "method": m.method, "seconds": m.seconds, FALLBACK_SCORE: m.fallback})
+        if names[0] == BUDGETED:
+            order = [m.candidate for m in measured]
+        probed = sum(1 for m in measured if m.repeats)
+        spent = sum(m.seconds for m in measured)
+        summary.append(f"{probed} of {len(measured)} candidates measured by the probe within "
+                       f"the {budget:g} s budget ({spent:.1f} s spent)"
+                       + (f"; {len(measured) - probed} over budget, ranked by "
+                          f"{FALLBACK_SCORE}" if probed < len(measured) else ""))
+        line = tie_summary(measured)
+        if line:
+            summary.append(line)
+    if order is not None:
+        rows.sort(key=lambda r: order.index(r["candidate"]))
+    else:
+        first = names[0]
+        rows.sort(key=lambda r: (np.isnan(r[first]), -np.nan_to_num(r[first], nan=-np.inf)))
     rows = [{"rank": i, **r} for i, r in enumerate(rows, 1)]
-    ranking = Ranking(names, rows, notes=notes)
+    ranking = Ranking(names, rows, notes=notes, summary=summary)
     if validate:
         ranking.validation = validation_table(rows, names)
     return ranking

@@ -76,3 +76,58 @@ def test_advise_on_real_digits(digits_small, tmp_path):
     assert advice["small"] and advice["items_per_class"] == 4
     assert advice["command"].endswith("--model efficientnet_lite0 --classifier logreg "
                                       "-o model.skops")
+
+
+# -- quoting the ranking -------------------------------------------------------------------
+def ranking_of(rows, summary=()):
+    from embedkit.transfer import Ranking
+
+    return Ranking(["budgeted-probe"], [{"rank": i, **r} for i, r in enumerate(rows, 1)],
+                   summary=list(summary))
+
+
+def row(name, value, low, high, tied, model="m", layer="pre_logits"):
+    return {"candidate": name, "model": model, "layer": layer, "budgeted-probe": value,
+            "low": low, "high": high, "tied": tied, "method": "probe 8x5-fold"}
+
+
+def test_a_tie_is_quoted_with_the_cheapest_tied_candidate_as_the_pick():
+    from embedkit.advice import quote_ranking, ranking_lines
+
+    costs = {"big@pre_logits": 0.05, "small@blocks.4": 0.01, "mid@blocks.5": 0.02}
+    ranking = ranking_of([row("big@pre_logits", 0.95, 0.90, 1.0, True),
+                          row("small@blocks.4", 0.93, 0.87, 0.99, True),
+                          row("mid@blocks.5", 0.80, 0.70, 0.88, False)])
+    quoted = quote_ranking(ranking, lambda r: (costs[r["candidate"]], "measured"))
+    assert quoted["best"]["candidate"] == "big@pre_logits"
+    assert quoted["pick"]["candidate"] == "small@blocks.4"  # mid is cheaper but not tied
+    text = "\n".join(ranking_lines(quoted))
+    assert "big@pre_logits, probe accuracy 0.950 (95% interval 0.900-1.000" in text
+    assert "2 candidates tie with it" in text
+    assert "the cheapest, small@blocks.4 (measured), is the sensible pick" in text
+    # no tie: the winner is the pick and nothing is timed
+    clear = ranking_of([row("big@pre_logits", 0.95, 0.92, 0.98, False),
+                        row("small@blocks.4", 0.70, 0.60, 0.80, False)])
+    quoted = quote_ranking(clear, lambda r: pytest.fail("no tie, no timing"))
+    assert quoted["pick"]["candidate"] == "big@pre_logits"
+    assert len(ranking_lines(quoted)) == 1
+
+
+def test_advise_quotes_a_real_ranking(digits_small, tmp_path):
+    from click.testing import CliRunner
+
+    from embedkit import samples
+    from embedkit.cli.main import cli
+
+    source = samples.export("digits-source", tmp_path / "source", per_class=4)
+    result = CliRunner().invoke(cli, ["advise", str(digits_small), "--source", str(source),
+                                      "--models", "efficientnet_lite0@blocks.1",
+                                      "efficientnet_lite0@pre_logits", "--budget", "30",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.stdout)["ranking"]
+    assert ranked["best"]["candidate"] in ("efficientnet_lite0@blocks.1",
+                                           "efficientnet_lite0@pre_logits")
+    assert 0 <= ranked["best"]["low"] <= ranked["best"]["value"] <= ranked["best"]["high"] <= 1
+    # 4 images per class cannot separate the two: the pick is the cheaper one, by measurement
+    assert len(ranked["tied"]) == 2 and ranked["pick"]["cost"].endswith("ms per item, measured")

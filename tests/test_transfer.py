@@ -121,6 +121,27 @@ def test_leep_matches_the_papers_formula_by_hand():
     np.testing.assert_allclose(softmax(logits), theta)
 
 
+def test_leep_takes_float16_softmax_rows_as_probabilities():
+    # 1,000 source classes, softmax stored in float16 (as a half-precision extraction gives):
+    # rows sum to 1 only within float16 rounding, beyond the old fixed 1e-4 tolerance.
+    from embedkit.transfer import row_sum_tolerance
+
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 4, 200)
+    logits = rng.normal(0, 1, (200, 1000))
+    logits[np.arange(200), y * 7] += 6  # each target class leans on one source class
+    p64 = softmax(logits)
+    p16 = p64.astype(np.float16)
+    assert np.abs(p16.astype(np.float64).sum(axis=1) - 1).max() > 1e-4  # the case is real
+    expected = leep(p64, y)
+    assert expected > -np.log(4) + 0.2  # informative, well above the uniform -ln C
+    assert leep(p16, y) == pytest.approx(expected, abs=2e-3)
+    # what the fixed 1e-4 tolerance did: softmax the probabilities again -> about -ln C
+    assert abs(leep(softmax(p16), y) + np.log(4)) < 0.05
+    assert row_sum_tolerance(np.float16) > 5e-4 and row_sum_tolerance(np.float32) == 1e-4
+    assert leep(logits.astype(np.float16), y) == pytest.approx(expected, abs=2e-3)  # logits
+
+
 def test_nce_is_minus_the_conditional_entropy():
     from sklearn.metrics import mutual_info_score
 
@@ -254,3 +275,78 @@ def test_candidates_that_cannot_be_built_are_skipped_with_a_note(digits_small, t
     assert "no_such_model@pre_logits skipped" in ranking.notes[0]
     with pytest.raises(NotFoundError, match="no candidate"):
         rank_models(str(digits_small), ["no_such_model"], metrics="logme")
+
+
+# -- TransRate, SFDA --------------------------------------------------------------------------
+def dense_coding_rate(z, eps):
+    """1/2 log det(I_d + Z'Z / (n eps)) with the d x d matrix itself (Huang et al. 2022)."""
+    n, d = z.shape
+    return 0.5 * np.linalg.slogdet(np.eye(d) + z.T @ z / (n * eps))[1]
+
+
+@pytest.mark.parametrize("n,d", [(60, 5), (12, 40)])
+def test_transrate_matches_the_dense_coding_rates(n, d):
+    from embedkit.transfer import transrate
+
+    rng = np.random.default_rng(20 + n)
+    f, y = class_features(rng, n, d)
+    z = f - f.mean(0)
+    expected = dense_coding_rate(z, 1e-4) - np.mean([dense_coding_rate(z[y == c], 1e-4)
+                                                     for c in range(3)])
+    assert transrate(f, y) == pytest.approx(expected, rel=1e-9)
+    if n > d:  # separated classes carry more information about the label than shuffled ones
+        assert transrate(f, y) > transrate(f, rng.permutation(y)) + 0.1
+
+
+def dense_sfda(x, y, shrinkage=None):
+    """SFDA written out with d x d matrices and scipy's generalised eigensolver, step by step
+    as in Shao et al. 2022 / their code: regularised FDA, softened probabilities, ConfMix
+    towards the other classes' mean, a second FDA with the same shrinkage."""
+    from scipy import linalg
+
+    def fda(x, y, a):
+        n, d = x.shape
+        classes = np.unique(y)
+        priors = np.array([np.mean(y == c) for c in classes])
+        means = np.stack([x[y == c].mean(0) for c in classes])
+        sw = sum(p * np.cov(x[y == c].T, bias=True) for p, c in zip(priors, classes))
+        if a is None:  # the authors' 3 double steps of power iteration from the row sums
+            v = sw.sum(axis=1)
+            for _ in range(3):
+                u = sw @ v / np.linalg.norm(sw @ v)
+                v = sw @ u / np.linalg.norm(sw @ u)
+            a = max(np.exp(-5 * (v @ sw @ u)), 1e-10)
+        mu = np.trace(sw) / d
+        sw_a = (1 - a) * sw + a * mu * np.eye(d)
+        st = (1 - a) * np.cov(x.T, bias=True) + a * np.trace(np.cov(x.T, bias=True)) / d * np.eye(d)
+        _, vecs = linalg.eigh(st - sw_a, sw_a)
+        coef = means @ vecs @ vecs.T
+        logits = x @ coef.T - 0.5 * np.diag(means @ coef.T) + np.log(priors)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True), a
+
+    n, c = len(y), len(np.unique(y))
+    p, a = fda(x, y, shrinkage)
+    p = np.exp(p) / np.exp(p).sum(1, keepdims=True)
+    means = np.stack([x[y == k].mean(0) for k in range(c)])
+    mixed = x.copy()
+    for k in range(c):
+        rows = y == k
+        own = p[rows, k][:, None]
+        mixed[rows] = own * x[rows] + (1 - own) * (means.sum(0) - means[k]) / (c - 1)
+    p, _ = fda(mixed, y, a)
+    return p[np.arange(n), y].mean()
+
+
+@pytest.mark.parametrize("n,d,scale", [(90, 6, 0.1), (90, 6, 3.0), (40, 10, 0.05),
+                                         (15, 30, 0.05)])
+def test_sfda_matches_the_dense_fisher_discriminant(n, d, scale):
+    # scale 0.1 / 0.05: small within-class variance, so the adaptive shrinkage is large
+    # (exp(-5 lambda) near 1); scale 3: it hits the 1e-10 floor; 15 x 30: n < d, S_w singular.
+    from embedkit.transfer import sfda
+
+    rng = np.random.default_rng(30 + d)
+    f, y = class_features(rng, n, d, signal=0.5)
+    f = f * scale
+    assert sfda(f, y) == pytest.approx(dense_sfda(f, y), rel=1e-7)
+    assert 0 < sfda(f, rng.permutation(y)) < sfda(f, y) <= 1
