@@ -14,13 +14,16 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, emit_json, json_option, table
+from embedkit.cli.common import cache_option, emit_json, json_option, model_options, \
+    run_options, table
 
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
-probe_option = click.option("--model", "-m", default=None,
-                            help="Probe backbone that embeds every dataset (default: the "
-                                 "modality's default, efficientnet_lite0 for images).")
-layer_option = click.option("--layer", default=None, help="Layer of the probe (default its own).")
+
+
+def _extract_options(layer, pool, normalize, weights, cache, run) -> dict:
+    """How the probe --model embeds every dataset (the options every embedding command takes)."""
+    return {"layer": layer, "pool": pool, "normalize": normalize, "weights": weights,
+            "cache": cache, **run}
 
 
 def _log(message: str):
@@ -37,7 +40,7 @@ def _name(spec: str, taken: set) -> str:
     return name
 
 
-def _embed_all(specs, model, layer, cache) -> dict:
+def _embed_all(specs, model, options) -> dict:
     """{display name: EmbeddingSet} for saved sets or datasets embedded by the probe."""
     from embedkit.extract import embeddings_of
 
@@ -45,7 +48,7 @@ def _embed_all(specs, model, layer, cache) -> dict:
     for spec in specs:
         name = _name(spec, taken)
         _log(f"embedding {name}" + (f" with {model}" if model else ""))
-        sets[name] = embeddings_of(spec, model, layer=layer, cache=cache)
+        sets[name] = embeddings_of(spec, model, **options)
     return sets
 
 
@@ -78,8 +81,7 @@ def similarity_command(cli):
 
     @cli.command("similarity")
     @click.argument("datasets", nargs=-1, required=True)
-    @probe_option
-    @layer_option
+    @model_options
     @_metrics_option(list(MEASURES), "cosine-mean",
                      "Measure (repeatable, or all): cosine-mean (seed method), emd (Cui et al. "
                      "2018), frechet, mmd (unbiased MMD^2), cka (same items, two models).")
@@ -87,10 +89,12 @@ def similarity_command(cli):
                   "(default 0.01, as in Cui et al.).")
     @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
                   help="Save the matrix as a PNG (one file per metric: NAME-METRIC.png).")
+    @run_options
     @cache_option
     @json_option
     @csv_option
-    def similarity(datasets, model, layer, metrics, gamma, heatmap, cache, as_json, as_csv):
+    def similarity(datasets, model, layer, pool, normalize, weights, metrics, gamma, heatmap,
+                   cache, as_json, as_csv, run):
         """Label-free similarity between datasets A B [C ...]: a matrix per metric.
 
         \b
@@ -104,7 +108,8 @@ def similarity_command(cli):
         names = metric_names(metrics)
         if len(datasets) < 2:
             raise click.UsageError("give at least two datasets to compare")
-        sets = _embed_all(datasets, model, layer, cache)
+        sets = _embed_all(datasets, model,
+                          _extract_options(layer, pool, normalize, weights, cache, run))
         options = {"gamma": gamma} if gamma is not None else {}
         results = [similarity_matrix(sets, n, **options) for n in names]
         if heatmap:  # bright = similar for every metric
@@ -136,16 +141,16 @@ def rank_sources_command(cli):
     @click.argument("more", nargs=-1)
     @click.option("--sources", "-s", multiple=True, help="Candidate source datasets (saved sets "
                   "or datasets); values after the first may follow without repeating --sources.")
-    @probe_option
-    @layer_option
+    @model_options
     @_metrics_option([n for n, m in MEASURES.items() if not m.paired], "cosine-mean",
                      "Similarity measure(s); the first one orders the ranking.")
     @click.option("--gamma", type=float, default=None, help="EMD gamma (default 0.01).")
+    @run_options
     @cache_option
     @json_option
     @csv_option
-    def rank_sources(target, more, sources, model, layer, metrics, gamma, cache, as_json,
-                     as_csv):
+    def rank_sources(target, more, sources, model, layer, pool, normalize, weights, metrics,
+                     gamma, cache, as_json, as_csv, run):
         """Rank candidate source datasets by their similarity to TARGET, most similar first.
 
         Each source stands for the model one would train on it: the closer it is to the
@@ -162,7 +167,8 @@ def rank_sources_command(cli):
         if not candidates:
             raise click.UsageError("name the candidate sources: --sources S1 S2 ...")
         names = [n for n in metric_names(metrics) if not MEASURES[n].paired]
-        sets = _embed_all([target, *candidates], model, layer, cache)
+        sets = _embed_all([target, *candidates], model,
+                          _extract_options(layer, pool, normalize, weights, cache, run))
         target_name, *source_names = list(sets)
         options = {"gamma": gamma} if gamma is not None else {}
         rows = rank(sets[target_name], {n: sets[n] for n in source_names}, names, **options)
@@ -216,11 +222,12 @@ def rank_models_command(cli):
                   help="Also measure each candidate's 5-fold CV linear-probe accuracy (its own "
                        "folds) and report Kendall's tau / weighted tau of every score against "
                        "it.")
+    @run_options
     @cache_option
     @json_option
     @csv_option
     def rank_models(target, more, models, layers, metrics, budget, validate, cache, as_json,
-                    as_csv):
+                    as_csv, run):
         """Rank pretrained models (and layers) for the labelled TARGET, best first.
 
         By default each candidate is measured: a repeated, stratified 5-fold cross-validated
@@ -243,7 +250,7 @@ def rank_models_command(cli):
         names = score_names(list(metrics))
         ranking = rank(target, candidates, names, validate=validate, budget=budget,
                        layers=[l.strip() for l in layers.split(",")] if layers else None,
-                       cache=cache, log=_log)
+                       cache=cache, log=_log, **run)
         budgeted = BUDGETED in names
         others = [n for n in names if n != BUDGETED]
         if budgeted and FALLBACK_SCORE not in others:
@@ -282,8 +289,7 @@ def advise_command(cli):
     @click.argument("more", nargs=-1)
     @click.option("--source", "-s", required=True,
                   help="A sample of the data the pretrained model learnt from (or a stand-in).")
-    @probe_option
-    @layer_option
+    @model_options
     @click.option("--small-below", type=int, default=SMALL_BELOW_PER_CLASS, show_default=True,
                   help="Items per class under which the target counts as small.")
     @click.option("--similar-above", type=float, default=SIMILAR_ABOVE, show_default=True,
@@ -295,10 +301,11 @@ def advise_command(cli):
     @click.option("--layers", default=None, help="Layers to try for every bare --models MODEL.")
     @click.option("--budget", type=click.FloatRange(min=0), default=DEFAULT_BUDGET,
                   show_default=True, help="Seconds the ranking may spend probing.")
+    @run_options
     @cache_option
     @json_option
-    def advise(target, more, source, model, layer, small_below, similar_above, candidates,
-               layers, budget, cache, as_json):
+    def advise(target, more, source, model, layer, pool, normalize, weights, small_below,
+               similar_above, candidates, layers, budget, cache, as_json, run):
         """How to transfer to TARGET: the rule of thumb on measured size and similarity.
 
         \b
@@ -315,9 +322,10 @@ def advise_command(cli):
                                    "--models")
         expanded = [c for spec in [*candidates, *more] for c in parse_candidate(
             spec, [l.strip() for l in layers.split(",")] if layers else None)]
-        advice = apply_rule(target, source, model=model, layer=layer, small_below=small_below,
+        options = _extract_options(layer, pool, normalize, weights, cache, run)
+        advice = apply_rule(target, source, model=model, small_below=small_below,
                             similar_above=similar_above, candidates=expanded, budget=budget,
-                            cache=cache)
+                            **options)
         if as_json:
             return emit_json(advice.as_dict())
         click.echo("\n".join(advice.lines()))
