@@ -36,6 +36,7 @@ import numpy as np
 
 from .embeddings import EmbeddingSet
 from .errors import UsageError
+from .options import Options
 
 #: Cui et al. (CVPR 2018) use gamma = 0.01 in exp(-gamma * EMD).
 EMD_GAMMA = 0.01
@@ -286,11 +287,11 @@ MEASURES = {m.name: m for m in [
 ]}
 
 
+MEASURE_NAMES = Options("similarity metric", tuple(MEASURES))  # lists also take "all"
+
+
 def measure(name: str) -> Measure:
-    if name not in MEASURES:
-        raise UsageError(f"unknown similarity metric '{name}': choose one of "
-                         f"{', '.join(MEASURES)} (or all)")
-    return MEASURES[name]
+    return MEASURES[MEASURE_NAMES.check(name)]
 
 
 def metric_names(spec: str | Sequence[str] | None, default: str = "cosine-mean") -> list[str]:

@@ -51,6 +51,7 @@ import numpy as np
 
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import NotFoundError, UsageError
+from .options import Options
 
 #: What `rank_models` ranks by when no score is named: a repeated cross-validated linear probe
 #: on every candidate the budget affords (embedkit.ranking). On the ranking benchmark
@@ -510,6 +511,9 @@ SCORES = {s.name: s for s in [
 ]}
 
 
+SCORE_NAMES = Options("transferability score", tuple(SCORES))  # lists also take "all"
+
+
 def score_names(spec: str | Sequence[str] | None) -> list[str]:
     """'all', one name or several -> validated score names (default: DEFAULT_SCORE)."""
     if spec is None:
@@ -518,9 +522,7 @@ def score_names(spec: str | Sequence[str] | None) -> list[str]:
     if "all" in names:
         return list(SCORES)
     for n in names:
-        if n not in SCORES:
-            raise UsageError(f"unknown transferability score '{n}': choose one of "
-                             f"{', '.join(SCORES)} (or all)")
+        SCORE_NAMES.check(n)
     return names
 
 
