@@ -1,12 +1,11 @@
 """Backbone discovery through the `embedkit.backbones` entry-point group.
 
-Each entry point names a *family*: an object with
-- `name` and `modality`,
-- `models()`: the names it lists (cheap: no weights are loaded),
-- `handles(name)`: a cheap test (no heavy imports) of whether it builds `name`, listed or not
-  (``timm/<any>``, a vectors file path),
-- `create(name, **options)`: a Backbone.
-The built-in families in `embedkit.plugins` register exactly as a third-party package would.
+Each entry point names a *family*, a `embedkit.backbone.BackboneFamily`: `name`, `modality`,
+`models()` (the names it lists, cheaply), `handles(name)` (a cheap test, no heavy imports, of
+whether it builds `name`, listed or not: ``timm/<any>``, a vectors file path) and
+`create(name, **options)` (a Backbone).  The built-in families in `embedkit.plugins` register
+exactly as a third-party package would.  A family is checked against that interface when it is
+loaded, and a broken one is listed with its error, never breaking the others.
 """
 
 from __future__ import annotations
@@ -17,11 +16,14 @@ import os
 from dataclasses import dataclass
 from importlib import metadata
 
-from .backbone import Backbone
+from .backbone import Backbone, BackboneFamily
 from .errors import NotFoundError, PluginError, WeightsUnavailable
 
+__all__ = ["GROUP", "FoundPlugin", "LoadedFamily", "backbone_from_meta", "broken_plugins",
+           "create_backbone", "default_model", "families", "found_plugins", "list_models",
+           "resolve_family"]
+
 GROUP = "embedkit.backbones"
-FAMILY_METHODS = ("models", "handles", "create")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class LoadedFamily:
     """A plugin after import: the family object, or the error that stopped it."""
 
     plugin: FoundPlugin
-    family: object | None = None
+    family: BackboneFamily | None = None
     error: str | None = None
 
 
@@ -56,9 +58,13 @@ def _load(plugin: FoundPlugin) -> LoadedFamily:
         family = metadata.EntryPoint(plugin.name, plugin.value, GROUP).load()
     except Exception as exc:  # a broken plugin is reported, it never breaks the others
         return LoadedFamily(plugin, error=f"{type(exc).__name__}: {exc}")
-    missing = [m for m in FAMILY_METHODS if not callable(getattr(family, m, None))]
-    if missing:
-        return LoadedFamily(plugin, error=f"does not implement {', '.join(missing)}()")
+    if not isinstance(family, BackboneFamily):
+        return LoadedFamily(plugin, error=f"{type(family).__name__} is not an embedkit "
+                                          "BackboneFamily (subclass embedkit.backbone."
+                                          "BackboneFamily)")
+    if not family.name or family.modality not in ("image", "text", "any"):
+        return LoadedFamily(plugin, error="a family needs a name and a modality (image, text "
+                                          "or any)")
     return LoadedFamily(plugin, family)
 
 
@@ -67,13 +73,13 @@ def families() -> tuple[LoadedFamily, ...]:
     return tuple(_load(p) for p in found_plugins())
 
 
-def list_models(modality: str | None = None) -> list[tuple[str, object]]:
+def list_models(modality: str | None = None) -> list[tuple[str, BackboneFamily]]:
     """(name, family) for every listed backbone of the working plugins."""
     rows = []
     for lf in families():
         if lf.family is None:
             continue
-        if modality and getattr(lf.family, "modality", None) not in (modality, "any"):
+        if modality and lf.family.modality not in (modality, "any"):
             continue
         rows.extend((name, lf.family) for name in lf.family.models())
     return rows

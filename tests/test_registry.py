@@ -128,7 +128,8 @@ def test_third_party_plugin_installed_as_a_package_is_discovered_and_used(tmp_pa
     texts.write_text("a b c\nhello world\n")
     env = {**os.environ, "PYTHONPATH": str(site), "EMBEDKIT_HOME": str(tmp_path / "home")}
     listing = subprocess.run([sys.executable, "-m", "embedkit.cli.main", "models", "--json",
-                              "--modality", "text"], env=env, capture_output=True, text=True)
+                              "--modality", "text", "--detail"], env=env, capture_output=True,
+                             text=True)
     assert listing.returncode == 0, listing.stderr
     rows = json.loads(listing.stdout)
     names = {r["name"]: r for r in rows}
@@ -150,3 +151,15 @@ def test_the_cli_lists_exactly_the_classifiers_the_core_builds():
     from embedkit.options import CLASSIFIER_NAMES
 
     assert tuple(CLASSIFIERS) == CLASSIFIER_NAMES.values
+
+
+def test_a_plugin_that_is_not_a_backbone_family_is_listed_with_its_error(tmp_path):
+    site = tmp_path / "site"
+    _install_fake_distribution(site, "embedkit_odd_plugin", "odd = odd_plugin:family",
+                               {"odd_plugin": "family = object()"})
+    env = {**os.environ, "PYTHONPATH": str(site), "EMBEDKIT_HOME": str(tmp_path / "home")}
+    listing = subprocess.run([sys.executable, "-m", "embedkit.cli.main", "models", "--json"],
+                             env=env, capture_output=True, text=True)
+    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    assert "is not an embedkit BackboneFamily" in rows["<plugin odd>"]["error"]
+    assert "efficientnet_lite0" in rows, "the others are listed all the same"
