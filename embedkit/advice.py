@@ -30,7 +30,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .embeddings import EmbeddingSet, is_embeddings_file
-from .errors import EmbedkitError, UsageError
+from .errors import EmbedkitError
+
+__all__ = ["SIMILAR_ABOVE", "SIMILARITY_METRIC", "SMALL_BELOW_PER_CLASS", "STRATEGIES", "Advice",
+           "advise", "inference_cost", "lower_layer", "quote_ranking", "ranking_lines"]
 
 SMALL_BELOW_PER_CLASS = 1000
 SIMILAR_ABOVE = 0.9

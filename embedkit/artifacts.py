@@ -15,6 +15,8 @@ from pathlib import Path
 from .errors import ArtifactError, NotFoundError
 from .files import atomic_write
 
+__all__ = ["FORMAT", "FORMAT_VERSION", "TRUSTED_TYPES", "load_artifact", "save_artifact"]
+
 FORMAT = "embedkit.classifier"
 FORMAT_VERSION = 1
 

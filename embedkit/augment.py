@@ -24,6 +24,9 @@ from .backbone import Backbone, fingerprint_of
 from .embeddings import EmbeddingSet
 from .errors import UsageError
 
+__all__ = ["DEFAULT_RECIPE", "align", "AugmentedBackbone", "AugmentSpec", "average_views",
+           "extract_views"]
+
 DEFAULT_RECIPE = "hflip,crop=0.85,jitter=0.2"
 
 

@@ -21,6 +21,11 @@ import numpy as np
 from .errors import BadInputError, BadWeights, NotFoundError, UsageError
 from .options import POOLINGS
 
+__all__ = ["FLATTEN_LIMIT", "RESIZE_LIMIT", "VECTOR_FORMAT_VERSION", "Backbone", "BackboneFamily",
+           "file_sha256", "fingerprint_of", "ImagePreprocess", "last_linear", "LayerInfo",
+           "load_state_dict_file", "pool_features", "remembered", "TorchImageBackbone",
+           "unknown_options", "WeightsSource"]
+
 #: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
 VECTOR_FORMAT_VERSION = 1
 

@@ -28,6 +28,11 @@ from .embeddings import EmbeddingSet, is_embeddings_file
 from .errors import BackboneMismatch, UsageError
 from .options import AUGMENT_MODES, CLASSIFIER_NAMES, RESAMPLING, SCALERS
 
+__all__ = ["CLASSIFIERS", "build_pipeline", "check_class_counts", "check_options",
+           "ClassifierChoice", "describe_features", "embed_with_recipe", "fold_splits",
+           "head_scores", "holdout_split", "resample_rows", "Resampled", "train",
+           "TrainedClassifier", "training_features"]
+
 
 
 @dataclass(frozen=True)
@@ -448,9 +453,20 @@ def train(features: EmbeddingSet, classifier: str = "svm-linear", *, tasks=None,
 
     Hyper-parameters: grid search over the classifier's grid by stratified `cv`-fold
     cross-validation (shuffled with `seed`), scored by `scoring`; the best setting is refitted
-    on all training rows.  `holdout` keeps a stratified fraction of every task's items out of
-    training and reports the metrics on it (the saved heads never saw those items).
-    `extra_rows`: augmented views aligned with `features` (extra rows inside training folds).
+    on all training rows.
+
+    Args:
+        features: a labelled EmbeddingSet.
+        classifier: one of embedkit.options.CLASSIFIER_NAMES (svm-linear first).
+        tasks: label columns to learn (default: every one).
+        cv, seed, scoring, n_jobs: the cross-validated grid search.
+        scale: "standard" or "l2" feature scaling inside the pipeline.
+        class_weight: "balanced" reweights the loss by class frequency.
+        resample: "over" / "under" sampling, inside the training folds only.
+        holdout: a stratified fraction of every task's items kept out of training; the metrics
+            on it are reported (the saved heads never saw those items).
+        extra_rows: augmented views aligned with `features` (extra rows inside training folds).
+        weights: the weights file of the backbone that made the features (recorded).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV

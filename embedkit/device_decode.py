@@ -43,6 +43,9 @@ from .inputs import MAX_PIXELS
 from .files import available_cores
 from .runtimes import feature_model
 
+__all__ = ["DECODE_VERSION", "applies", "decode_jpegs", "device_decodable", "embed_stream",
+           "fingerprint", "jpeg_header", "JpegHeader", "TensorPreprocess"]
+
 #: Fingerprint part of vectors computed through this path (resize kernel differs from PIL's).
 DECODE_VERSION = "tensor-1"
 

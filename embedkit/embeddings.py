@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 from .errors import NotFoundError, UsageError
 from .files import atomic_write
 
+__all__ = ["SAVE_SUFFIXES", "check_output_suffix", "EmbeddingSet", "is_embeddings_file",
+           "load_embeddings"]
+
 if TYPE_CHECKING:
     from .extract import Summary
 
@@ -113,7 +116,14 @@ def check_output_suffix(path) -> Path:
 
 
 def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
-    """Load an EmbeddingSet saved with `EmbeddingSet.save` / `embedkit extract -o`."""
+    """Load an EmbeddingSet saved with `EmbeddingSet.save` / `embedkit extract -o`.
+
+    Args:
+        path: a .parquet file written by embedkit (ids, vectors, label columns and meta).
+
+    Raises:
+        NotFoundError: no such file.  UsageError: a file embedkit did not write.
+    """
     import pyarrow.parquet as pq
 
     from .store import column_vectors

@@ -1,5 +1,9 @@
 """One error hierarchy; each class carries the CLI exit code documented in the README."""
 
+__all__ = ["ArtifactError", "BackboneMismatch", "BadInputError", "BadWeights",
+           "CacheUnavailable", "EmbedkitError", "MissingExtra", "NotFoundError", "PluginError",
+           "StoreError", "UsageError", "WeightsUnavailable"]
+
 
 class EmbedkitError(Exception):
     """Base class: the message is one line that says what went wrong and what to do."""

@@ -26,6 +26,9 @@ from .inputs import Dataset, Item, open_dataset, text_sha256
 from .registry import backbone_from_meta, create_backbone, default_model
 from .store import Store
 
+__all__ = ["TOLERANCE", "content_keys", "DeepCheck", "embeddings_of", "extract", "pick_device",
+           "pick_precision", "Summary", "verify_deep"]
+
 
 
 @dataclass
@@ -34,18 +37,23 @@ class Summary:
     cache_hits: int = 0
     computed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole call
+    compute_seconds: float = 0.0  # the computing phase (decoding and the model), for items/s
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)  # backbone reports, e.g. OOV rates
 
     @property
     def throughput(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else 0.0
+        """Items computed per second of the computing phase (not start-up, hashing or cache
+        look-ups)."""
+        return self.computed / self.compute_seconds if self.compute_seconds > 0 else 0.0
 
     def as_dict(self) -> dict:
         return {"items": self.items, "cache_hits": self.cache_hits, "computed": self.computed,
                 "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
-                "seconds": round(self.seconds, 3), "items_per_s": round(self.throughput, 2),
+                "seconds": round(self.seconds, 3),
+                "compute_seconds": round(self.compute_seconds, 3),
+                "items_per_s": round(self.throughput, 2),
                 "device": self.device, "notes": self.notes}
 
     def __str__(self):
@@ -177,15 +185,34 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             label: str | None = None, within: str | None = None, runtime: str = "torch",
             compile: bool = False, decode: str = "auto",
             backbone_options: dict | None = None) -> EmbeddingSet:
-    """Embed a dataset (folder, manifest, text file, list, bundled sample name) through the cache.
+    """Embed a dataset through the cache: only items missing from it are computed.
 
-    Returns an EmbeddingSet in dataset order (skipped items left out); `result.summary` tells
-    what was read from the cache, computed and skipped.
+    Args:
+        dataset: a folder (class subfolders = labels), a CSV / JSONL manifest, a .txt file (one
+            text per line), an image file, a list of paths or texts, or a bundled sample name.
+        model: a backbone name (`embedkit models`), a built Backbone, or None for the
+            modality's default (efficientnet_lite0 for images, glove-6b-50d for text).
+        layer, pool, normalize, weights: how a named model reads its features (its layer,
+            the pooling of a block layer, L2 normalisation, an explicit weights file).
+        backbone_options: further options passed straight to the model's plugin (e.g.
+            {"limit": 50000} for word vectors); recorded in the result's meta.
+        cache: a Store or a folder (default `$EMBEDKIT_HOME` or ~/.cache/embedkit).
+        batch_size, device, precision: batching, "auto" / "cpu" / "cuda[:N]" / "mps", and
+            "auto" (bf16 on CUDA, fp32 elsewhere) / "fp32" / "bf16" / "fp16".
+        workers: decoding processes (default one per available core for images; 0 runs in
+            this process).
+        progress: a progress bar on stderr (default: when stderr is a terminal).
+        strict: stop at the first bad item (after flushing) instead of skipping it.
+        label: the primary label column of a manifest.
+        within: refuse manifest paths that resolve outside this folder.
+        runtime: "torch", or "onnx" / "openvino" for image backbones on the CPU
+            (docs/performance.md).
+        compile: torch.compile the model (GPU path).
+        decode: "auto" (JPEGs decoded on the device on CUDA), "cpu" or "device".
 
-    Fast paths (docs/performance.md): `runtime` "onnx" / "openvino" runs image backbones in that
-    CPU runtime; on CUDA, JPEG files are decoded on the device (`decode` "auto"; "device" forces
-    that path, on the CPU too; "cpu" keeps PIL decoding in loader workers), optionally with
-    `compile` (torch.compile).
+    Returns:
+        An EmbeddingSet in dataset order (skipped items left out); its `summary` tells what
+        came from the cache, what was computed and what was skipped, and why.
     """
     started = time.perf_counter()
     ds = open_dataset(dataset, label=label, within=within)
@@ -243,8 +270,10 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         if not backbone.source.obtainable:
             raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
                                      f"{backbone.source.hint}")
+        computing = time.perf_counter()
         computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,
                                  workers, progress, strict, dev, **fast)
+        summary.compute_seconds = time.perf_counter() - computing
         found.update(computed)
         reasons = dict(bad)  # content key -> why it failed; every item with that content skips
         skipped += [(it.id, reasons[key]) for it, key in zip(ds.items, keys) if key in reasons]

@@ -55,6 +55,11 @@ from .errors import (BadInputError, EmbedkitError, NotFoundError, UsageError,
 from .files import atomic_write
 from .options import OPTIMIZERS
 
+__all__ = ["CHECKPOINT_FILE", "DEFAULTS", "SPEC_FILE", "SPEC_FORMAT", "WEIGHTS_FILE", "finetune",
+           "FinetuneOptions", "is_finetuned", "make_net", "param_groups", "predictions",
+           "read_checkpoint", "read_spec", "resized", "trace_units", "tuned_state_keys",
+           "tuned_units"]
+
 SPEC_FILE = "finetune.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"

@@ -21,6 +21,10 @@ from pathlib import Path
 from .errors import BadInputError, NotFoundError, UsageError
 from .files import display_name, walk_files
 
+__all__ = ["IMAGE_SUFFIXES", "MANIFEST_NAMES", "MANIFEST_SUFFIXES", "MAX_PIXELS", "PATH_COLUMNS",
+           "TEXT_COLUMNS", "TEXT_SUFFIXES", "Dataset", "from_list", "Item", "load_image",
+           "load_text_or_file_item", "normalise_text", "open_dataset", "read_text", "text_sha256"]
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEXT_SUFFIXES = {".txt"}
 MANIFEST_SUFFIXES = {".csv", ".jsonl"}

@@ -13,6 +13,8 @@ import numpy as np
 
 from .errors import UsageError
 
+__all__ = ["classification_report", "ranking_scores"]
+
 
 def classification_report(y_true, y_pred, classes=None, scores=None,
                           score_kind: str | None = None) -> dict:

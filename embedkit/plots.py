@@ -8,6 +8,8 @@ import numpy as np
 
 from .options import PROJECTIONS
 
+__all__ = ["confusion_matrix_png", "embedding_map", "heatmap", "project_2d"]
+
 
 def _pyplot():
     import matplotlib

@@ -45,6 +45,10 @@ import numpy as np
 
 from .errors import UsageError
 
+__all__ = ["CONFIDENCE", "DEFAULT_BUDGET", "MAX_REPEATS", "PROBE_FOLDS", "PROBE_SEED",
+           "budgeted_probe", "BudgetedRow", "inference_seconds", "Measurement",
+           "probe_repetition", "ProbeCost", "tie_summary"]
+
 PROBE_FOLDS = 5
 PROBE_SEED = 7919  # repetition r uses PROBE_SEED + r; --validate uses seed 0
 MAX_REPEATS = 8

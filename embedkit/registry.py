@@ -108,7 +108,19 @@ def resolve_family(name: str):
 
 
 def create_backbone(name: str, **options) -> Backbone:
-    """Build a backbone by name. Options: layer, pool, normalize, weights (a file), ..."""
+    """Build a backbone by name (cheap: weights load on the first `embed`).
+
+    Args:
+        name: a registered name (`embedkit models`), ``timm/<model>``, a vectors file, or a
+            fine-tuned folder.
+        options: passed to the plugin that builds it: `layer`, `pool`, `normalize`, `weights`
+            (a file) for every image family, plus the family's own (e.g. `limit` for word
+            vectors); None values are left out.  A plugin refuses options it does not take.
+
+    Raises:
+        NotFoundError: no plugin builds `name` (the message lists close matches).
+        WeightsUnavailable: `weights` is not a file.
+    """
     options = {k: v for k, v in options.items() if v is not None}
     weights = options.get("weights")
     if weights is not None and not os.path.isfile(weights):

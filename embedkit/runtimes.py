@@ -32,6 +32,9 @@ from .errors import MissingExtra, UsageError
 from .files import atomic_write, available_cores
 from .options import RUNTIMES
 
+__all__ = ["EXPORT_VERSION", "OPSET", "export_onnx", "feature_model", "RuntimeBackbone",
+           "with_runtime"]
+
 #: Bumped when the export changes (opset, exporter options): old exported files then miss.
 EXPORT_VERSION = 1
 OPSET = 18

@@ -25,6 +25,9 @@ import numpy as np
 from .errors import NotFoundError, UsageError
 from .files import restricted_load
 
+__all__ = ["ANIMAL_CLASSES", "animal_shape_arrays", "describe", "export", "load_numpy_pickle",
+           "names", "PerClass", "register", "Sample", "samples_root", "write_images"]
+
 #: Class order as the animal-shape-mnist package describes it (labels 0..9).
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep",
                   "zebra"]

@@ -38,6 +38,12 @@ from .embeddings import EmbeddingSet
 from .errors import UsageError
 from .options import Options
 
+__all__ = ["EMD_CLUSTERS", "EMD_GAMMA", "MEASURE_NAMES", "MEASURES", "MMD_MAX_ITEMS", "as_array",
+           "check_same_probe", "class_means", "cosine_mean", "dataset_similarity",
+           "earth_movers_distance", "emd_similarity", "frechet_distance", "has_labels",
+           "linear_cka", "measure", "Measure", "median_bandwidth", "metric_names", "mmd2",
+           "paired", "rank_sources", "similarity_matrix", "SimilarityMatrix", "trace_sqrt_product"]
+
 #: Cui et al. (CVPR 2018) use gamma = 0.01 in exp(-gamma * EMD).
 EMD_GAMMA = 0.01
 #: Clusters standing in for classes when a set has no labels (EMD only).
@@ -305,7 +311,15 @@ def metric_names(spec: str | Sequence[str] | None, default: str = "cosine-mean")
 
 
 def dataset_similarity(a, b, metric: str = "cosine-mean", **options) -> float:
-    """One measure between two sets (see the module docstring for each)."""
+    """One similarity measure between two datasets' embeddings.
+
+    Args:
+        a, b: EmbeddingSets (or [n, d] arrays) made by the same probe model and layer.
+        metric: "cosine-mean" (the mean embeddings' cosine), "emd" (Cui et al. 2018),
+            "frechet", "mmd" (unbiased MMD^2) or "cka" (paired items); see the module
+            docstring for each and its direction (higher or lower = more similar).
+        options: the measure's own parameters (e.g. `gamma` for emd).
+    """
     m = measure(metric)
     if not m.paired and isinstance(a, EmbeddingSet) and isinstance(b, EmbeddingSet):
         check_same_probe({"A": a, "B": b})

@@ -22,6 +22,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .errors import UsageError
 
+__all__ = ["as_items", "EmbeddingTransformer"]
+
 
 def as_items(X) -> list[str]:
     """A 1-D sequence of paths or texts as a list of str; anything else is refused."""

@@ -41,6 +41,11 @@ import numpy as np
 from .errors import CacheUnavailable, StoreError
 from .files import atomic_write
 
+__all__ = ["DEFAULT_FLUSH_ROWS", "FAULT_POINTS", "QUARANTINE", "RACY_WINDOW_NS", "SCHEMA_VERSION",
+           "SHARD_SUFFIX", "TMP_PREFIX", "column_vectors", "content_checksum", "default_root",
+           "fault_point", "read_shard", "Shard", "shard_problem", "ShardWriter", "Store",
+           "StoreInfo", "vector_column", "write_shard"]
+
 SHARD_SUFFIX = ".parquet"
 TMP_PREFIX = ".tmp-"
 DEFAULT_FLUSH_ROWS = 4096

@@ -42,6 +42,9 @@ import numpy as np
 from .errors import BadInputError, UsageError
 from .options import TEXT_POOLINGS
 
+__all__ = ["SIF_A", "TEXT_POOLING_VERSION", "all_oov_error", "OOVStats", "TextPooler",
+           "token_ids", "tokenize", "word_probabilities"]
+
 #: Bumped when the tokeniser or the pooling arithmetic changes (part of the fingerprint).
 TEXT_POOLING_VERSION = 1
 SIF_A = 1e-3

@@ -53,6 +53,16 @@ from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import NotFoundError, UsageError
 from .options import Options
 
+__all__ = ["BUDGETED", "DEFAULT_SCORE", "FALLBACK_SCORE", "GBC_PCA_DIM", "KNN_NEIGHBOURS",
+           "LINEAR_PROBE_FOLDS", "SCORE_NAMES", "SCORES", "SFDA_MIN_SHRINKAGE", "TRANSRATE_EPS",
+           "budgeted_probe_accuracy", "Candidate", "coding_rate", "encode_labels",
+           "feature_spectrum", "gbc", "holdout_probe_accuracy", "hscore", "knn_accuracy",
+           "ledoit_wolf_shrinkage", "leep", "linear_evidence", "linear_probe_accuracy", "logme",
+           "maximise_evidence", "nce", "parse_candidate", "probe_fold_accuracies", "rank_models",
+           "Ranking", "row_sum_tolerance", "Score", "score_names", "sfda",
+           "shrunk_lda_probabilities", "softmax", "thin_eigh", "transferability", "transrate",
+           "validation_table"]
+
 #: What `rank_models` ranks by when no score is named: a repeated cross-validated linear probe
 #: on every candidate the budget affords (embedkit.ranking). On the ranking benchmark
 #: (docs/compare.md, benchmarks/rank_lite_layers.py) it orders candidates closer to the

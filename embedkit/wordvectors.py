@@ -25,6 +25,11 @@ import numpy as np
 from .errors import BadInputError, NotFoundError, UsageError
 from .files import NUMPY_TYPES, restricted_load
 
+__all__ = ["BINARY_SUFFIXES", "COMPRESSED", "FASTTEXT_MAGIC", "GLOVE_NAME", "KV_SUFFIXES",
+           "KV_TYPES", "TEXT_SUFFIXES", "glove_files", "keyed_vectors", "LineCorpus",
+           "load_glove", "load_vectors", "save_vectors", "sidecar_files", "subset",
+           "train_word2vec", "vector_suffix"]
+
 GLOVE_NAME = "glove-6b-50d"
 KV_SUFFIXES = (".kv",)
 BINARY_SUFFIXES = (".bin",)
