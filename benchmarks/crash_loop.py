@@ -124,7 +124,8 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
     env = {"EMBEDKIT_FLUSH_ROWS": str(flush_rows)}
     # every image exists from the start (so files are old enough for the file-identity cache to
     # remember them); cycle k extracts a manifest of the first (k + 2) * items of them
-    make_images(data, (kills + 2) * items, seed)
+    cycles = 3 * kills  # a run that ends before its kill (or its fault point) is one more cycle
+    make_images(data, (cycles + 2) * items, seed)
     files = sorted(data.rglob("*.png"), key=lambda p: p.name)
 
     def upto(k):
@@ -138,7 +139,8 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
     run_seconds = time.perf_counter() - started
     stats = {"kills": 0, "random_kills": 0, "fault_kills": {}, "faults_not_reached": 0,
              "opened_and_verified": 0, "verify_problems": [], "worker_errors": []}
-    for k in range(kills):
+    k = 0
+    while stats["kills"] < kills and k < cycles:  # until `kills` processes really died
         subset = upto(k)
         compact = rng.random() < 0.3
         if k % 2:  # a named fault point, at its n-th hit
@@ -154,7 +156,7 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
                 stats["faults_not_reached"] += 1  # nothing left to do at that point
         else:  # a random moment in the run
             proc = _spawn(cache, subset, model, compact, env)
-            time.sleep(rng.uniform(0.2, 1.0) * run_seconds)
+            time.sleep(rng.uniform(0.1, 0.9) * run_seconds)
             proc.kill()
             _, err = proc.communicate(timeout=600)
             stats["random_kills"] += proc.returncode == -9
@@ -165,6 +167,8 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
             problems = store.verify()
         stats["opened_and_verified"] += 1
         stats["verify_problems"] += problems
+        k += 1
+    stats["cycles"] = k
     final = _spawn(cache, data, model, compact=True, env=env)
     _, err = final.communicate(timeout=600)
     if final.returncode != 0:
