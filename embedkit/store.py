@@ -17,13 +17,15 @@ re-hashes every shard and quarantines those that changed.
 
 Crash safety: a shard becomes visible only by an atomic rename, and the index learns about it
 afterwards; on open, any shard the index does not know is absorbed and any temporary file left by
-a dead process is removed.  So a killed run loses at most its unflushed buffer, and the index can
+a dead process is removed.  So a killed run loses at most the rows not yet published (its
+buffer, and the one shard being written in the background), and the index can
 always be rebuilt from the shards alone.  `EMBEDKIT_FAULT=<point>[:<n>]` kills the process at a
 named point (see `fault_point`), for the crash-loop harness.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -39,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CacheUnavailable, StoreError
-from .files import atomic_write
+from .files import atomic_write, available_cores
 
 __all__ = ["DEFAULT_FLUSH_ROWS", "FAULT_POINTS", "QUARANTINE", "RACY_WINDOW_NS", "SCHEMA_VERSION",
            "SHARD_SUFFIX", "TMP_PREFIX", "column_vectors", "content_checksum", "default_root",
@@ -365,27 +367,27 @@ class Store:
             q = (f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, sha256 FROM file_identity "
                  f"WHERE path IN ({_marks(chunk)})")
             known.update({r[0]: (tuple(r[1:6]), r[6]) for r in self._db.execute(q, chunk)})
-        fresh = []
+        todo = []
         for path, key in real.items():
             try:
                 st = os.stat(key)
                 if not stat_module.S_ISREG(st.st_mode):
                     raise IsADirectoryError(21, "not a regular file", path)
-                identity = _identity(st)
                 hit = known.get(key)
-                if hit and hit[0] == identity:
+                if hit and hit[0] == _identity(st):
                     out[path] = hit[1]
-                    continue
-                started = time.time_ns()
-                out[path] = _hash_file(key)
-                after = _identity(os.stat(key))
-                if after != identity:  # changed while being read: hash it again, remember nothing
-                    out[path] = _hash_file(key)
-                    continue
-                if started - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_WINDOW_NS:
-                    fresh.append((key, *identity, out[path]))
+                else:
+                    todo.append((path, key, st))
             except OSError as exc:
                 out[path] = exc
+        fresh = []
+        # hashing reads and digests without the GIL: a few threads keep the disk busy
+        workers = min(8, available_cores(), len(todo)) or 1
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for path, result, remember in pool.map(lambda job: _hash_checked(*job), todo):
+                out[path] = result
+                if remember:
+                    fresh.append(remember)
         if fresh:
             with self._transaction():
                 self._db.executemany(
@@ -662,12 +664,18 @@ class Store:
 
 
 class ShardWriter:
-    """Buffers vectors and publishes a shard every `flush_rows` rows and on close."""
+    """Buffers vectors and publishes a shard every `flush_rows` rows and on close.
+
+    Publishing (Parquet encoding, checksum, fsync, index) runs in a background thread while the
+    next rows are computed; one shard at most is in flight, so memory stays bounded and shards
+    are published in order.  A failure surfaces at the next flush or at close."""
 
     def __init__(self, store: Store, fingerprint: str, flush_rows: int):
         self.store, self.fingerprint, self.flush_rows = store, fingerprint, flush_rows
         self._contents, self._ids, self._vectors, self._sources = [], [], [], []
         self.written = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embedkit-shard")
+        self._in_flight: concurrent.futures.Future | None = None
 
     def add(self, contents, ids, vectors: np.ndarray, sources=None):
         self._contents.extend(contents)
@@ -678,21 +686,50 @@ class ShardWriter:
             self.flush()
 
     def flush(self):
+        """Hand the buffered rows to the publishing thread (after the shard before them)."""
+        self.sync()
         if not self._contents:
             return
-        self.store.publish(self.fingerprint, self._contents, self._ids,
-                           np.concatenate(self._vectors), self._sources)
+        self._in_flight = self._pool.submit(
+            self.store.publish, self.fingerprint, self._contents, self._ids,
+            np.concatenate(self._vectors), self._sources)
         self.written += len(self._contents)
         self._contents, self._ids, self._vectors, self._sources = [], [], [], []
 
+    def sync(self):
+        """Wait until every flushed row is published (and re-raise a failed publish)."""
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            future.result()  # re-raises a failed publish here
+
     def close(self):
-        self.flush()
+        try:
+            self.flush()
+            self.sync()
+        finally:
+            self._pool.shutdown(wait=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _hash_checked(path, key, st):
+    """(path, sha256 or OSError, the file-identity row to remember or None) for one file: a file
+    that changed while it was read is hashed again and not remembered, and so is one modified
+    within the racy window."""
+    try:
+        identity = _identity(st)
+        started = time.time_ns()
+        digest = _hash_file(key)
+        if _identity(os.stat(key)) != identity:
+            return path, _hash_file(key), None
+        racy = started - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_WINDOW_NS
+        return path, digest, None if racy else (key, *identity, digest)
+    except OSError as exc:
+        return path, exc, None
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:

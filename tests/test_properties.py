@@ -51,17 +51,14 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(fp=st.sampled_from(FPS), keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=4))
     def put(self, fp, keys):
         w = self._writer(fp)
-        before = w.written
-        w.add(keys, keys, np.stack([_vector(fp, k) for k in keys]))
+        w.add(keys, keys, np.stack([_vector(fp, k) for k in keys]))  # may publish in background
         self.pending |= {(fp, k) for k in keys}
-        if w.written > before:  # the writer flushed its buffer
-            self.flushed |= {p for p in self.pending if p[0] == fp}
-            self.pending = {p for p in self.pending if p[0] != fp}
 
     @rule()
     def flush(self):
         for fp, w in self.writers.items():
             w.flush()
+            w.sync()
         self.flushed |= self.pending
         self.pending = set()
 
