@@ -130,13 +130,20 @@ class _Items:
 
 
 class _Collate:
-    """Separates a loader batch into good samples and errors (runs in the loader workers);
-    the backbone's own `collate` runs in the extracting process, after `accept`."""
+    """Separates a loader batch into good samples and errors (runs in the loader workers).
+    A backbone that inspects samples (`accept`) sees them in the extracting process and is
+    collated there; any other is collated here, in the workers, off the critical path."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.in_worker = type(backbone).accept is Backbone.accept
 
     def __call__(self, samples):
         ok = [(i, s) for i, s, err in samples if err is None]
         bad = [(i, err) for i, _, err in samples if err is not None]
-        return ok, bad
+        if self.in_worker and ok:
+            return [i for i, _ in ok], self.backbone.collate([s for _, s in ok]), bad
+        return ok, None, bad
 
 
 def _progress(total: int, enabled: bool | None, unit: str):
@@ -309,7 +316,7 @@ def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, co
         yield from embed_stream(backbone, [it for _, it in todo], device, batch_size, workers,
                                 compile)
         return
-    dataset, split = _Items(todo, backbone), _Collate()
+    dataset, split = _Items(todo, backbone), _Collate(backbone)
     if workers:
         from torch.utils.data import DataLoader
 
@@ -319,17 +326,20 @@ def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, co
     else:
         loader = (split([dataset[i] for i in range(start, min(start + batch_size, len(todo)))])
                   for start in range(0, len(todo), batch_size))
-    for ok, errors in loader:
-        indices, samples = [], []
-        for i, sample in ok:
-            why = backbone.accept(sample)
-            if why is None:
-                indices.append(i)
-                samples.append(sample)
-            else:
-                errors.append((i, f"{todo[i][1].name}: {why}"))
-        vectors = (np.asarray(backbone.embed(backbone.collate(samples)), dtype=np.float32)
-                   if indices else None)
+    for ok, batch, errors in loader:
+        if batch is None:  # not collated in the worker: accept, then collate here
+            indices, samples = [], []
+            for i, sample in ok:
+                why = backbone.accept(sample)
+                if why is None:
+                    indices.append(i)
+                    samples.append(sample)
+                else:
+                    errors.append((i, f"{todo[i][1].name}: {why}"))
+            batch = backbone.collate(samples) if indices else None
+        else:
+            indices = ok
+        vectors = np.asarray(backbone.embed(batch), dtype=np.float32) if indices else None
         yield indices, vectors, errors
 
 
