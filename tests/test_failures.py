@@ -17,7 +17,6 @@ from PIL import Image
 
 import embedkit
 from embedkit.cli.main import cli
-from embedkit.errors import BadInputError
 from embedkit.inputs import open_dataset
 
 
@@ -280,7 +279,3 @@ def test_cache_info_header_and_table_agree(tmp_path, digits_small, pixel_hash):
     assert info.shards == sum(m["shards"] for m in info.models) == 2
     result = run("cache", "info", "--json", "--cache", cache)
     assert json.loads(result.output)["vectors"] == 20
-
-
-def test_bad_input_never_escapes_as_a_traceback(tmp_path):
-    assert isinstance(BadInputError("x"), embedkit.EmbedkitError)
