@@ -291,6 +291,15 @@ class Store:
     def __exit__(self, *exc):
         self.close()
 
+    def _sibling(self) -> "Store":
+        """The same cache through a connection of its own, for a publishing thread (one SQLite
+        connection is never shared between threads)."""
+        other = object.__new__(Store)
+        other.root, other.shard_dir = self.root, self.shard_dir
+        other._db = _Database(self.root / "index.sqlite")
+        other._db.execute("PRAGMA synchronous=NORMAL")
+        return other
+
     # -- housekeeping -----------------------------------------------------------------------
     def _remove_stray_temp_files(self):
         for tmp in self.shard_dir.glob(f"{TMP_PREFIX}*"):
@@ -671,7 +680,8 @@ class ShardWriter:
     are published in order.  A failure surfaces at the next flush or at close."""
 
     def __init__(self, store: Store, fingerprint: str, flush_rows: int):
-        self.store, self.fingerprint, self.flush_rows = store, fingerprint, flush_rows
+        self.fingerprint, self.flush_rows = fingerprint, flush_rows
+        self.store = store._sibling()  # used by the publishing thread alone
         self._contents, self._ids, self._vectors, self._sources = [], [], [], []
         self.written = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embedkit-shard")
@@ -708,6 +718,7 @@ class ShardWriter:
             self.sync()
         finally:
             self._pool.shutdown(wait=True)
+            self.store.close()
 
     def __enter__(self):
         return self
