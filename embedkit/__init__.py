@@ -1,12 +1,12 @@
 """embedkit: frozen embeddings from pretrained backbones, cached, compared and classified."""
 
 __version__ = "0.1.0"
-__all__ = ["EmbedkitError", "EmbeddingSet", "Store", "create_backbone", "extract",
+__all__ = ["EmbedkitError", "EmbeddingSet", "Store", "create_backbone", "encode", "extract",
            "list_models", "load_embeddings"]
 
 from .errors import EmbedkitError  # noqa: E402
 from .registry import create_backbone, list_models  # noqa: E402
 from .embeddings import EmbeddingSet, load_embeddings  # noqa: E402
-from .extract import extract  # noqa: E402
+from .extract import encode, extract  # noqa: E402
 from .finetune import finetune  # noqa: E402
 from .store import Store  # noqa: E402

@@ -149,6 +149,15 @@ class Backbone(ABC):
         for every other backbone."""
         return None
 
+    def encode(self, items, batch_size: int = 32, show_progress_bar: bool | None = None,
+               normalize_embeddings: bool = False, **extract_options) -> np.ndarray:
+        """`embedkit.encode(items, self, ...)`: float32 vectors in input order, through the
+        cache (the sentence-transformers convention)."""
+        from .extract import encode
+
+        return encode(items, self, batch_size=batch_size, show_progress_bar=show_progress_bar,
+                      normalize_embeddings=normalize_embeddings, **extract_options)
+
     def describe(self) -> dict:
         """One row of `embedkit models`."""
         src = self.source

@@ -22,12 +22,13 @@ from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
 from .files import available_cores, display_name
 from .options import DECODES, PRECISIONS, RUNTIMES, at_least
-from .inputs import Dataset, Item, open_dataset, text_sha256
+from .inputs import (Dataset, Item, is_pil_image, open_dataset, pixels_sha256,
+                     text_sha256)
 from .registry import backbone_from_meta, create_backbone, default_model
 from .store import Store
 
-__all__ = ["TOLERANCE", "content_keys", "DeepCheck", "embeddings_of", "extract", "pick_device",
-           "pick_precision", "Summary", "verify_deep"]
+__all__ = ["TOLERANCE", "content_keys", "DeepCheck", "embeddings_of", "encode", "extract",
+           "pick_device", "pick_precision", "Summary", "verify_deep"]
 
 
 
@@ -157,15 +158,18 @@ def _progress(total: int, enabled: bool | None, unit: str):
 
 def content_keys(dataset: Dataset, store: Store) -> tuple[list[str | None], list[tuple[str, str]]]:
     """sha256 per item (None where unusable) and the (id, reason) of the unusable items: of the
-    normalised text, of in-memory bytes, or of a file's bytes (through the store's file-identity
+    normalised text, of an in-memory image's RGB pixels with their shape (`pixels_sha256`), of
+    in-memory bytes, or of a file's bytes (through the store's file-identity
     cache, so an unchanged file is checked with stat, not re-read)."""
     usable = [it for it in dataset.items if it.error is None]
-    files = store.file_hashes([it.path for it in usable
-                               if it.text is None and it.data is None and it.path is not None])
+    files = store.file_hashes([it.path for it in usable if it.text is None and it.data is None
+                               and it.image is None and it.path is not None])
     hashes = {}
     for it in usable:
         if it.text is not None:
             hashes[id(it)] = text_sha256(it.text)
+        elif it.image is not None:
+            hashes[id(it)] = pixels_sha256(it.image)
         elif it.data is not None:
             hashes[id(it)] = hashlib.sha256(it.data).hexdigest()
         else:
@@ -250,7 +254,11 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
     backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
     on_device = False
-    if backbone.uses_device and backbone.modality == "image" and decode != "cpu":
+    decoded = any(it.image is not None for it in ds.items)  # in-memory images: nothing to decode
+    if decoded and decode == "device":
+        raise UsageError("decode='device' decodes image files; in-memory images are decoded "
+                         "already (use decode='auto' or 'cpu')")
+    if backbone.uses_device and backbone.modality == "image" and decode != "cpu" and not decoded:
         from . import device_decode
 
         on_device = device_decode.applies(backbone, dev) if decode == "auto" else True
@@ -297,11 +305,34 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
               for name in ds.label_names}
     meta = {"model": backbone.name, "fingerprint": fingerprint, "modality": ds.modality,
             "layer": backbone.layer, "pool": backbone.pool, "normalize": bool(backbone.normalize),
-            "dataset": os.path.abspath(ds.root), "backbone": backbone.creation}
+            "dataset": ds.root if ds.root == "<in-memory>" else os.path.abspath(ds.root),
+            "backbone": backbone.creation}
     result = EmbeddingSet([ds.items[i].id for i in rows],
                           np.stack([found[keys[i]] for i in rows]), labels, meta)
     result.summary = summary
     return result
+
+
+def encode(items, model: str | Backbone | None = None, batch_size: int = 32,
+           show_progress_bar: bool | None = None, normalize_embeddings: bool = False,
+           **extract_options) -> np.ndarray:
+    """Vectors of `items` as float32 [n, dim] in input order, through the cache: the
+    sentence-transformers `encode` convention (Reimers & Gurevych 2019, "Sentence-BERT") over
+    every input `extract` takes, in-memory images included (`inputs.from_list`).
+
+    One string or one PIL image gives one 1-D vector, as in sentence-transformers.  Any item
+    that cannot be embedded stops the call (`strict`), so row i is always item i.
+    `normalize_embeddings` L2-normalises the returned rows (for dot-product search) without
+    touching the cache; `extract_options` (cache, device, layer, ...) go to `extract`.
+    """
+    single = isinstance(items, str) or is_pil_image(items)
+    es = extract([items] if single else items, model, batch_size=batch_size,
+                 progress=show_progress_bar, strict=True, **extract_options)
+    vectors = np.asarray(es.vectors, dtype=np.float32)
+    if normalize_embeddings:
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
+        vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return vectors[0] if single else vectors
 
 
 def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile):

@@ -3,7 +3,9 @@
 Image datasets: a folder with class subfolders (labels) or a flat folder; a CSV / JSONL manifest
 with a `path` column (relative to the manifest) and optional label columns.
 Text datasets: `.txt` (one item per line), CSV / JSONL with a `text` column and optional labels.
-A dataset spec may also be a bundled sample name (see `embedkit datasets list`).
+A dataset spec may also be a bundled sample name (see `embedkit datasets list`), or values in
+memory (`from_list`): paths, texts, or images (PIL, NumPy HWC / HW uint8, torch CHW), as a list,
+a pandas Series or one-column DataFrame, or a Hugging Face `datasets` column.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ import hashlib
 import io
 import json
 import os
+import sys
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import BadInputError, NotFoundError, UsageError
 from .files import display_name, walk_files
 
 __all__ = ["IMAGE_SUFFIXES", "MANIFEST_NAMES", "MANIFEST_SUFFIXES", "MAX_PIXELS", "PATH_COLUMNS",
-           "TEXT_COLUMNS", "TEXT_SUFFIXES", "Dataset", "from_list", "Item", "load_image",
-           "load_text_or_file_item", "normalise_text", "open_dataset", "read_text", "text_sha256"]
+           "TEXT_COLUMNS", "TEXT_SUFFIXES", "Dataset", "from_list", "in_memory_image",
+           "is_pil_image", "Item", "load_image", "load_text_or_file_item", "normalise_text",
+           "open_dataset", "pixels_sha256", "read_text", "text_sha256"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TEXT_SUFFIXES = {".txt"}
@@ -44,6 +49,7 @@ class Item:
     path: str | None = None  # a file to read
     text: str | None = None
     data: bytes | None = None  # in-memory file content (an augmented view, a read-once buffer)
+    image: Any = None  # an in-memory image, already decoded: an RGB PIL image (in_memory_image)
     labels: dict[str, str] = field(default_factory=dict)
     error: str | None = None  # why the item cannot be used (reported and skipped)
 
@@ -74,20 +80,27 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(normalise_text(text).encode("utf-8")).hexdigest()
 
 
+def pixels_sha256(image) -> str:
+    """The content key of an in-memory image: its decoded RGB pixels with their mode and shape
+    (the same pixels in another container, PIL or NumPy or torch, give the same key)."""
+    digest = hashlib.sha256(b"rgb8|%dx%d|" % (image.height, image.width))
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
 def load_image(source, name: str | None = None):
     """Decode one image (a path, an Item, bytes or a binary file object) to an RGB PIL image,
-    honouring EXIF orientation.
+    honouring EXIF orientation.  An Item holding an in-memory image gives that image.
 
     Handles 16-bit greyscale PNG/TIFF (rescaled, not clipped), palette and alpha images
     (composited on white), animated GIF/WebP (first frame), and refuses decompression bombs.
     Raises BadInputError naming the file (`name`, else the path).
     """
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, Item):
+        if source.image is not None:
+            return source.image
         name = name or source.name
         source = source.data if source.data is not None else source.path
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -102,20 +115,7 @@ def load_image(source, name: str | None = None):
                 if im.width * im.height > MAX_PIXELS:
                     raise Image.DecompressionBombError("too many pixels")
                 im.seek(0)
-                im = ImageOps.exif_transpose(im)
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    arr = np.asarray(im, dtype=np.float64)
-                    top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                    arr = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
-                    im = Image.fromarray(arr, "L")
-                if im.mode in ("P", "PA"):
-                    im = im.convert("RGBA")
-                if im.mode in ("RGBA", "LA"):
-                    im = im.convert("RGBA")
-                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(bg, im)
-                return im.convert("RGB")
+                return _as_rgb(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadInputError(f"{path}: image is larger than {MAX_PIXELS:,} pixels "
                             "(decompression-bomb guard); downscale it first") from None
@@ -124,6 +124,29 @@ def load_image(source, name: str | None = None):
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise BadInputError(f"{path}: cannot decode image ({_short(exc)}); the file may be "
                             "truncated or corrupt") from None
+
+
+def _as_rgb(im):
+    """A decoded PIL image as RGB, the one way for files and in-memory images alike: EXIF
+    orientation applied, 16-bit and float greyscale rescaled (not clipped), palette and alpha
+    composited on white."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+        im = Image.fromarray(arr, "L")
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")
 
 
 def _short(exc: BaseException) -> str:
@@ -302,7 +325,7 @@ def open_dataset(spec, label: str | None = None, within: str | None = None) -> D
     """
     if isinstance(spec, Dataset):
         return spec
-    if isinstance(spec, (list, tuple)):
+    if _is_values(spec):
         return from_list(spec)
     try:
         path = Path(os.path.expanduser(str(spec)))
@@ -338,15 +361,127 @@ def open_dataset(spec, label: str | None = None, within: str | None = None) -> D
     return ds
 
 
+def _is_values(spec) -> bool:
+    """Whether a dataset spec is values in memory rather than a path or a sample name."""
+    return not isinstance(spec, (str, bytes, os.PathLike)) and (
+        hasattr(spec, "__iter__") or hasattr(spec, "__array__") or _is_image(spec))
+
+
 def from_list(values) -> Dataset:
-    """Paths of existing files become image items; anything else is a text item.  Ids are
-    positions in the list (0-based, as Python counts), so they are unique even when a value
-    repeats (a bootstrap sample, say)."""
-    values = [str(v) for v in values]
-    if values and all(os.path.isfile(v) for v in values):
+    """Values in memory as a dataset; ids are positions (0-based, as Python counts), so they are
+    unique even when a value repeats (a bootstrap sample, say).
+
+    `values` is a list or tuple, a pandas Series or one-column DataFrame, a Hugging Face
+    `datasets` column, a 1-D array of strings, or a 4-D batch of images (NumPy NHWC, torch
+    NCHW).  Its elements are all of one kind: paths of existing files (image items, read and
+    keyed like any file), other strings (texts), or images: PIL images, uint8 NumPy arrays
+    (HWC with 1, 3 or 4 channels, or HW greyscale), torch tensors (CHW, uint8 or float in
+    [0, 1]).  Images are decoded to RGB here and keyed on their pixels (`pixels_sha256`).
+    Anything else is refused naming its type: a non-string never becomes text.
+    """
+    values = _elements(values)
+    if not values:
+        raise UsageError("no input: the list is empty")
+    images = [_is_image(v) for v in values]
+    if any(images):
+        if not all(images):
+            other = values[images.index(False)]
+            raise UsageError(f"the input mixes images and {_type_name(other)} values; give "
+                             "images only, or paths / texts only")
+        return Dataset("<in-memory>", "image",
+                       [Item(str(i), image=in_memory_image(v)) for i, v in enumerate(values)])
+    bad = next((v for v in values if not isinstance(v, (str, os.PathLike))), None)
+    if bad is not None:
+        raise UsageError(f"inputs are image paths, texts (str) or images (PIL, NumPy, torch); "
+                         f"got a {_type_name(bad)} ({bad!r:.40})")
+    values = [os.fspath(v) for v in values]
+    if all(os.path.isfile(v) for v in values):
         return Dataset(os.getcwd(), "image",
                        [Item(str(i), path=os.path.abspath(v)) for i, v in enumerate(values)])
     return Dataset(os.getcwd(), "text", [Item(str(i), text=v) for i, v in enumerate(values)])
+
+
+def _elements(values) -> list:
+    """The elements of a 1-D container of values (see `from_list`)."""
+    if isinstance(values, (str, bytes)) or is_pil_image(values):
+        one = "string" if isinstance(values, str) else _type_name(values)
+        raise UsageError(f"a sequence of inputs is expected, not one {one}; wrap it in a list")
+    if hasattr(values, "columns") and hasattr(values, "iloc"):  # a pandas DataFrame
+        if len(values.columns) != 1:
+            raise UsageError(f"a DataFrame with {len(values.columns)} columns; pass the one "
+                             "column to embed, e.g. df['image']")
+        values = values.iloc[:, 0]
+    if hasattr(values, "shape") and hasattr(values, "ndim") and hasattr(values, "dtype"):
+        shape = tuple(values.shape)  # an array or tensor: a 1-D list, one column, or a batch
+        if len(shape) == 2 and shape[1] == 1 and getattr(values.dtype, "kind", "") == "O":
+            values = values[:, 0]
+        elif not (len(shape) == 1 or (len(shape) == 4 and _batch_dtype(values))):
+            raise UsageError(f"a 1-D list of image paths, texts or images (or a 4-D batch of "
+                             f"images) is expected; got an array of shape {shape}")
+    if isinstance(values, dict) or not hasattr(values, "__iter__"):
+        raise UsageError(f"a sequence of inputs is expected; got a {_type_name(values)}")
+    return [v.item() if hasattr(v, "item") and getattr(v, "ndim", None) == 0 else v
+            for v in values]
+
+
+def _batch_dtype(values) -> bool:
+    return str(values.dtype).replace("torch.", "") in ("uint8", "float16", "float32",
+                                                        "float64", "bfloat16")
+
+
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _torch_tensor(value) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def is_pil_image(value) -> bool:
+    return "PIL.Image" in sys.modules and isinstance(value, sys.modules["PIL.Image"].Image)
+
+
+def _is_image(value) -> bool:
+    """A PIL image, a NumPy array of 2 or 3 dimensions, or a torch tensor of 2 or 3."""
+    if is_pil_image(value):
+        return True
+    if _torch_tensor(value) or type(value).__module__ == "numpy" and hasattr(value, "ndim"):
+        return value.ndim in (2, 3)
+    return False
+
+
+def in_memory_image(value):
+    """An in-memory image as an RGB PIL image, by the same conversions as a decoded file
+    (`load_image`).  NumPy: uint8 HWC (1, 3 or 4 channels) or HW; torch: CHW (or HW), uint8
+    or float in [0, 1] (scaled by 255 and rounded, inverting `ToTensor`).  Refused otherwise,
+    naming what is wrong."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return _as_rgb(value)
+    if _torch_tensor(value):
+        what = f"a torch tensor of shape {tuple(value.shape)} ({str(value.dtype)[6:]})"
+        if value.ndim == 3:
+            value = value.permute(1, 2, 0)  # CHW -> HWC
+        arr = value.detach().cpu().float().numpy() if value.is_floating_point() else \
+            value.detach().cpu().numpy()
+        if arr.dtype.kind == "f":
+            if not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+                raise UsageError(f"{what}: a float image tensor must hold values in [0, 1]")
+            arr = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
+        layout = "CHW (C = 1, 3 or 4) or HW, uint8 or float in [0, 1]"
+    else:
+        arr, layout = value, "HWC (C = 1, 3 or 4) or HW, uint8"
+        what = f"a NumPy array of shape {arr.shape} ({arr.dtype})"
+    if arr.dtype != np.uint8 or arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) or \
+            0 in arr.shape:
+        raise UsageError(f"{what} is not an image; images in memory are {layout}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return _as_rgb(Image.fromarray(np.ascontiguousarray(arr)))
 
 
 def load_text_or_file_item(modality: str, item_id: str, source: str | None,

@@ -1,4 +1,4 @@
-"""scikit-learn building blocks: `EmbeddingTransformer` turns image paths or texts into vectors.
+"""scikit-learn building blocks: `EmbeddingTransformer` turns images or texts into vectors.
 
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
@@ -9,9 +9,11 @@
     search = GridSearchCV(pipe, {"embeddingtransformer__layer": ["pre_logits", "blocks.5"],
                                  "svc__C": [0.1, 1, 10]}, cv=3).fit(paths, labels)
 
-Input is a 1-D sequence (list, tuple, 1-D array, pandas Series) of image file paths or of texts;
-output is float32 [n, dim], one row per input in input order.  Vectors go through embedkit's
-cache, so the refits of a grid search read them back instead of recomputing them.
+Input is a 1-D sequence (list, tuple, 1-D array, pandas Series or one-column DataFrame, Hugging
+Face `datasets` column) of image file paths, of texts, or of in-memory images (PIL, NumPy HWC
+uint8, torch CHW; see `embedkit.inputs.from_list`); output is float32 [n, dim], one row per
+input in input order.  Vectors go through embedkit's cache, so the refits of a grid search read
+them back instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -22,27 +24,18 @@ from sklearn.utils.validation import check_is_fitted
 
 from .errors import UsageError
 
-__all__ = ["as_items", "EmbeddingTransformer"]
+__all__ = ["as_dataset", "EmbeddingTransformer"]
 
 
-def as_items(X) -> list[str]:
-    """A 1-D sequence of paths or texts as a list of str; anything else is refused."""
-    if isinstance(X, str):
-        raise UsageError("EmbeddingTransformer takes a sequence of paths or texts, not one "
-                         "string; wrap it in a list")
-    array = np.asarray(X, dtype=object)
-    if array.ndim == 2 and array.shape[1] == 1:  # one column of a DataFrame / 2-D selection
-        array = array[:, 0]
-    if array.ndim != 1:
-        raise UsageError(f"EmbeddingTransformer takes a 1-D list of image paths or texts; got "
-                         f"an array of shape {array.shape}")
-    if len(array) == 0:
-        raise UsageError("EmbeddingTransformer got no input (an empty list)")
-    bad = next((v for v in array if not isinstance(v, (str, np.str_))), None)
-    if bad is not None:
-        raise UsageError(f"EmbeddingTransformer takes image paths or texts (str); got a "
-                         f"{type(bad).__name__} ({bad!r:.40})")
-    return [str(v) for v in array]
+def as_dataset(X):
+    """A 1-D sequence of paths, texts or in-memory images as a Dataset (`inputs.from_list`);
+    anything else is refused naming what was given."""
+    from .inputs import from_list
+
+    try:
+        return from_list(X)
+    except UsageError as exc:
+        raise UsageError(f"EmbeddingTransformer: {exc}") from None
 
 
 class EmbeddingTransformer(TransformerMixin, BaseEstimator):
@@ -82,9 +75,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
                                weights=self.weights)
 
     def fit(self, X, y=None):
-        from .inputs import from_list
-
-        modality = from_list(as_items(X)[:1]).modality
+        modality = as_dataset(X).modality
         backbone = self._build(modality)
         self._backbone = backbone
         self.modality_ = backbone.modality
@@ -114,8 +105,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         from .extract import extract
 
         check_is_fitted(self, "fingerprint_")
-        items = as_items(X)
-        es = extract(items, self.backbone_, cache=self.cache, batch_size=self.batch_size,
+        es = extract(as_dataset(X), self.backbone_, cache=self.cache, batch_size=self.batch_size,
                      device=self.device, progress=False, strict=True)
         return es.vectors
 
