@@ -305,6 +305,28 @@ def index_build(embeddings, kind, output, nlist, nprobe, hnsw_m, ef_search, as_j
                f"recall@10 against exact search: {recall:.3f} (up to 200 sampled rows)")
 
 
+@cli.command("export")
+@click.argument("embeddings", metavar="FEATS")
+@embeddings_columns
+@click.option("--to", "target", required=True, metavar="lancedb://FOLDER/TABLE",
+              help="Where to write the set (extra embedkit[lancedb]).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing table.")
+def export(embeddings, target, overwrite):
+    """Write the saved set FEATS (ids, label columns, vectors) to a vector database.
+
+    \b
+    Example: embedkit export digits.parquet --to lancedb://./vectors/digits
+    """
+    from embedkit.errors import UsageError
+
+    if not target.startswith("lancedb://"):
+        raise UsageError(f"--to {target}: export writes to lancedb://FOLDER/TABLE")
+    emb = _saved_set(embeddings)
+    emb.to_lancedb(target, overwrite=overwrite)
+    click.echo(f"wrote {len(emb)} x {emb.dim} vectors and {len(emb.label_columns)} label "
+               f"column(s) to {target}")
+
+
 def _saved_set(path):
     """FEATS as a set: read already (with --vector-column / --id-column), or read here."""
     from embedkit.embeddings import EmbeddingSet, is_embeddings_file, load_embeddings

@@ -110,6 +110,34 @@ class EmbeddingSet:
                                      default=str).encode()})
         return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
+    def to_lancedb(self, uri: str, overwrite: bool = False):
+        """Write the set to a LanceDB table, `lancedb://FOLDER/TABLE` (or `FOLDER/TABLE`):
+        columns `id`, the label columns and `vector` (fixed-size float32, which LanceDB searches
+        as its vector column).  Returns the lancedb table.  Needs the extra embedkit[lancedb]."""
+        try:
+            import lancedb
+        except ImportError:
+            raise UsageError("exporting to LanceDB needs the extra: pip install "
+                             "'embedkit[lancedb]'") from None
+        import pyarrow as pa
+
+        from .store import vector_column
+
+        folder, _, name = uri.removeprefix("lancedb://").rstrip("/").rpartition("/")
+        if not folder or not name:
+            raise UsageError(f"{uri}: a LanceDB target is lancedb://FOLDER/TABLE")
+        db = lancedb.connect(folder)
+        columns = {"id": pa.array(self.ids, type=pa.string())}
+        columns.update({k: pa.array([None if v is None else str(v) for v in values],
+                                    type=pa.string())
+                        for k, values in self.label_columns.items()})
+        columns["vector"] = vector_column(self.vectors)
+        try:
+            return db.create_table(name, pa.table(columns),
+                                   mode="overwrite" if overwrite else "create")
+        except ValueError as exc:  # lancedb's "Table 'x' already exists"
+            raise UsageError(f"{uri}: {exc}; --overwrite replaces it") from None
+
     def _save_csv(self, path: Path) -> Path:
         import csv
 

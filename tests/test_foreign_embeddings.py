@@ -173,3 +173,23 @@ def test_similar_reads_foreign_columns_from_the_command_line(tmp_path, digits):
     refused = CliRunner().invoke(cli, ["similar", "img000", "-e", str(path)])
     assert refused.exit_code == 2
     assert refused.output.strip().count("\n") == 0 and "--vector-column" in refused.output
+
+
+def test_export_to_lancedb_and_query_it_back(tmp_path, digits):
+    lancedb = pytest.importorskip("lancedb")
+    ids, vectors, target = digits
+    feats = EmbeddingSet(ids, vectors, {"digit": target.astype(str)}).save(tmp_path / "d.parquet")
+    uri = f"lancedb://{tmp_path / 'db'}/digits"
+    got = CliRunner().invoke(cli, ["export", str(feats), "--to", uri])
+    assert got.exit_code == 0, got.output
+    again = CliRunner().invoke(cli, ["export", str(feats), "--to", uri])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+    table = lancedb.connect(str(tmp_path / "db")).open_table("digits")
+    rows = table.to_arrow().to_pydict()
+    assert rows["id"] == ids and rows["digit"] == target.astype(str).tolist()
+    np.testing.assert_array_equal(np.array(rows["vector"], dtype=np.float32), vectors)
+    hits = table.search(vectors[7]).metric("cosine").limit(3).to_list()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = np.argsort(-(unit @ unit[7]), kind="stable")[:3]  # float64 reference
+    assert [h["id"] for h in hits] == [ids[i] for i in expected]
