@@ -14,8 +14,10 @@ import numpy as np
 from .errors import BadInputError, NotFoundError, UsageError
 from .vector_space import VectorSpace
 
-__all__ = ["embed_like", "item_vectors", "parse_expression", "parse_vector", "save_index",
-           "saved_index", "set_query", "word_space"]
+# The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
+# fixed); `save_index` / `saved_index` are public too, imported from here.
+__all__ = ["embed_like", "item_vectors", "parse_expression", "parse_vector", "set_query",
+           "word_space"]
 
 
 def parse_expression(expr: str) -> tuple[list[str], list[str]]:

@@ -22,8 +22,10 @@ import numpy as np
 from .errors import NotFoundError, UsageError
 from .options import INDEXES
 
+# The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
+# fixed); `sidecar_path` is public too, imported from here.
 __all__ = ["INDEX_KINDS", "NeighborIndex", "blockwise_topk", "cosine", "measure_recall",
-           "recall_at_k", "sidecar_path", "unit_rows"]
+           "recall_at_k", "unit_rows"]
 
 INDEX_KINDS = INDEXES.values  # declared in embedkit.options
 
