@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from embedkit.errors import EmbedkitError
+from embedkit.errors import EmbedkitError, UsageError
 
 
 class EmbedkitGroup(click.Group):
@@ -121,3 +121,29 @@ def model_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def embeddings_columns(f):
+    """--vector-column, --id-column: how to read an embeddings file another tool wrote.  When
+    either is given, the command's `embeddings` argument arrives as the EmbeddingSet read with
+    them (everything downstream takes a set as well as a file)."""
+
+    @functools.wraps(f)
+    def command(*args, vector_column, id_column, **kwargs):
+        if vector_column or id_column:
+            from embedkit.embeddings import is_embeddings_file, load_embeddings
+
+            spec = kwargs.get("embeddings")
+            if not is_embeddings_file(spec):
+                raise UsageError("--vector-column / --id-column say how to read an embeddings "
+                                 f"file; {spec or 'no file'} is not one (.parquet, .npy, .npz)")
+            kwargs["embeddings"] = load_embeddings(spec, vector_column=vector_column,
+                                                   id_column=id_column)
+        return f(*args, **kwargs)
+
+    command = click.option("--id-column", default=None,
+                           help="Id column of a Parquet file another tool wrote (default: "
+                                "'id' if present, else row numbers).")(command)
+    return click.option("--vector-column", default=None,
+                        help="Vector column of a Parquet file another tool wrote (default: "
+                             "its only list column).")(command)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
-from embedkit.cli.common import EmbedkitGroup, choice, emit_json, json_option, table
+from embedkit.cli.common import EmbedkitGroup, choice, embeddings_columns, emit_json, \
+    json_option, table
+from embedkit.errors import UsageError
 from embedkit.options import ANALOGY_METHODS, INDEXES
 
 INDEX_HELP = ("Search index: exact (default; every cosine computed, by blocked matrix "
               "products), or faiss' approximate ivf / hnsw for large sets, whose recall@k "
-              "against exact search is measured and printed.")
+              "against exact search is measured and printed; or, with --embeddings, an index "
+              "file saved by `embedkit index build` for that set (used without rebuilding).")
 KEEP_HELP = ("Keep the query words/items in the answers (by default they are dropped, as "
              "gensim does).")
 LIMIT_HELP = "Use only the N most frequent words of the vocabulary."
@@ -23,9 +26,26 @@ def _neighbor_rows(results, score: str = "cosine"):
 def _recall_line(space, index, k):
     from embedkit.vector_search import measure_recall
 
-    recall = measure_recall(space.index(index), space.unit, k=k)
-    return recall, f"recall@{k} of the {index} index against exact search: {recall:.3f} " \
-                   f"(200 sampled rows)"
+    index = space.index(index)
+    recall = measure_recall(index, space.unit, k=k)
+    return recall, f"recall@{k} of the {index.kind} index against exact search: " \
+                   f"{recall:.3f} (200 sampled rows)"
+
+
+def _search_index(index: str, emb):
+    """--index: a kind (exact, ivf, hnsw), or a saved index file checked against the set."""
+    import os
+
+    if index in INDEXES.values:
+        return index
+    if not os.path.exists(index):
+        INDEXES.check(index, "--index (a kind, or a saved index file)")
+    if emb is None:
+        raise UsageError(f"--index {index}: a saved index searches the set it was built from; "
+                         "give that set with --embeddings")
+    from embedkit.query_resolution import saved_index
+
+    return saved_index(index, emb)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -34,10 +54,12 @@ def _recall_line(space, index, k):
               help="Word vectors to search (default glove-6b-50d); with --embeddings, the model "
                    "that embeds a dataset given there.")
 @click.option("--embeddings", "-e", default=None,
-              help="Search the items of this EmbeddingSet (.parquet) or dataset instead.")
+              help="Search the items of this EmbeddingSet (.parquet; or another tool's "
+                   ".parquet / .npy / .npz) or dataset instead.")
+@embeddings_columns
 @click.option("-k", "topn", type=int, default=10, show_default=True, help="How many answers.")
-@click.option("--index", type=choice(INDEXES), default="exact",
-              show_default=True, help=INDEX_HELP)
+@click.option("--index", default="exact", show_default=True, metavar="exact|ivf|hnsw|FILE",
+              help=INDEX_HELP)
 @click.option("--keep-query-words", is_flag=True, help=KEEP_HELP)
 @click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @json_option
@@ -54,21 +76,26 @@ def similar(query, model, embeddings, topn, index, keep_query_words, limit, as_j
       embedkit similar frog --model vectors.kv -k 5 --json
       embedkit similar 5/00012.png --embeddings digits.parquet
       embedkit similar "a gripping, moving film" --embeddings reviews.parquet
+      embedkit similar 5/00012.png --embeddings digits.parquet --index digits.faiss
     """
     from embedkit.query_resolution import set_query, word_space
     from embedkit.vector_space import VectorSpace
 
+    emb = None
     if embeddings:
         from embedkit.extract import embeddings_of
 
         emb = embeddings_of(embeddings, model, progress=False)
+    searched = _search_index(index, emb)  # a wrong index file is refused before any embedding
+    if emb is not None:
         space = VectorSpace.from_embeddings(emb)
         q = set_query(emb, query)
     else:
         space = word_space(model, limit)
         q = query
-    results = space.most_similar(q, topn=topn, keep_query_words=keep_query_words, index=index)
-    recall = _recall_line(space, index, topn) if index != "exact" else None
+    results = space.most_similar(q, topn=topn, keep_query_words=keep_query_words,
+                                 index=searched)
+    recall = _recall_line(space, searched, topn) if index != "exact" else None
     rows = _neighbor_rows(results)
     if as_json:
         return emit_json({"query": query, "space": space.name, "index": index,
@@ -87,6 +114,7 @@ def similar(query, model, embeddings, topn, index, keep_query_words, limit, as_j
                    "efficientnet_lite0 for image files).")
 @click.option("--embeddings", "-e", default=None,
               help="Look A and B up in this EmbeddingSet (ids, file paths) or embed them like it.")
+@embeddings_columns
 @json_option
 def cosine(a, b, model, embeddings, as_json):
     """Cosine similarity of two items: words, texts, image files or raw vectors.

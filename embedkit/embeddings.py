@@ -2,7 +2,9 @@
 
 ids (stable: relative path or line number), vectors (float32 [n, d]), label columns (the primary
 one is `labels`), and meta (backbone name, fingerprint, layer, pooling, dataset root).
-Saved as one Parquet file with the meta in its schema metadata.
+Saved as one Parquet file with the meta in its schema metadata.  `load_embeddings` also reads
+what other tools write: Parquet with a list<float> or fixed-size-list vector column, and NumPy
+.npy / .npz arrays (with an optional ids file).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import TYPE_CHECKING
 from .errors import NotFoundError, UsageError
 from .files import atomic_write
 
-__all__ = ["SAVE_SUFFIXES", "check_output_suffix", "EmbeddingSet", "is_embeddings_file",
-           "load_embeddings"]
+__all__ = ["LOAD_SUFFIXES", "SAVE_SUFFIXES", "check_output_suffix", "EmbeddingSet",
+           "is_embeddings_file", "load_embeddings"]
 
 if TYPE_CHECKING:
     from .extract import Summary
@@ -66,6 +68,22 @@ class EmbeddingSet:
         return EmbeddingSet([self.ids[i] for i in idx], self.vectors[idx],
                             {k: v[idx] for k, v in self.label_columns.items()}, dict(self.meta))
 
+    def checksum(self) -> str:
+        """sha256 of the ids and vectors: what a saved search index records to refuse a set it
+        was not built from."""
+        from .store import content_checksum
+
+        return content_checksum(self.ids, self.vectors)
+
+    def to_pandas(self):
+        """A DataFrame: `id`, the label columns, and `vector` (one float32 array per row)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise UsageError("to_pandas needs pandas: pip install pandas") from None
+        return pd.DataFrame({"id": self.ids, **self.label_columns,
+                             "vector": list(self.vectors)})
+
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Save as .parquet (default), or export vectors to .npy / .csv."""
@@ -92,6 +110,34 @@ class EmbeddingSet:
                                      default=str).encode()})
         return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
+    def to_lancedb(self, uri: str, overwrite: bool = False):
+        """Write the set to a LanceDB table, `lancedb://FOLDER/TABLE` (or `FOLDER/TABLE`):
+        columns `id`, the label columns and `vector` (fixed-size float32, which LanceDB searches
+        as its vector column).  Returns the lancedb table.  Needs the extra embedkit[lancedb]."""
+        try:
+            import lancedb
+        except ImportError:
+            raise UsageError("exporting to LanceDB needs the extra: pip install "
+                             "'embedkit[lancedb]'") from None
+        import pyarrow as pa
+
+        from .store import vector_column
+
+        folder, _, name = uri.removeprefix("lancedb://").rstrip("/").rpartition("/")
+        if not folder or not name:
+            raise UsageError(f"{uri}: a LanceDB target is lancedb://FOLDER/TABLE")
+        db = lancedb.connect(folder)
+        columns = {"id": pa.array(self.ids, type=pa.string())}
+        columns.update({k: pa.array([None if v is None else str(v) for v in values],
+                                    type=pa.string())
+                        for k, values in self.label_columns.items()})
+        columns["vector"] = vector_column(self.vectors)
+        try:
+            return db.create_table(name, pa.table(columns),
+                                   mode="overwrite" if overwrite else "create")
+        except ValueError as exc:  # lancedb's "Table 'x' already exists"
+            raise UsageError(f"{uri}: {exc}; --overwrite replaces it") from None
+
     def _save_csv(self, path: Path) -> Path:
         import csv
 
@@ -115,34 +161,182 @@ def check_output_suffix(path) -> Path:
     return path
 
 
-def load_embeddings(path: str | os.PathLike) -> EmbeddingSet:
-    """Load an EmbeddingSet saved with `EmbeddingSet.save` / `embedkit extract -o`.
+LOAD_SUFFIXES = (".parquet", ".npy", ".npz")
+
+
+def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
+                    id_column: str | None = None, label_column: str | list[str] | None = None,
+                    ids: str | os.PathLike | None = None) -> EmbeddingSet:
+    """Load an EmbeddingSet saved by embedkit, or embeddings written by another tool.
 
     Args:
-        path: a .parquet file written by embedkit (ids, vectors, label columns and meta).
+        path: a .parquet file (embedkit's own, or any table with one list<float> or
+            fixed-size-list vector column), a .npy 2-D float array, or a .npz holding
+            `vectors` (or `embeddings`) and optionally `ids` and `labels`.
+        vector_column: the vector column (Parquet) or array (.npz); found automatically when
+            the file has exactly one list-typed column (one of the two names for .npz).
+        id_column: the id column of a foreign Parquet file (default `id` if there is one,
+            else row numbers).
+        label_column: scalar column(s) of a foreign Parquet file to keep as label columns
+            (none unless named; the first is the primary label).
+        ids: a text file with one id per line, for vectors that carry no ids (.npy / .npz).
 
     Raises:
-        NotFoundError: no such file.  UsageError: a file embedkit did not write.
+        NotFoundError: no such file (or ids file).  UsageError: a file that holds no
+        embeddings this can read, in one line naming the file and what was found there.
     """
-    import pyarrow.parquet as pq
-
-    from .store import column_vectors
-
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"{path}: no such embeddings file")
+    suffix = path.suffix.lower()
+    if suffix not in LOAD_SUFFIXES:
+        raise UsageError(f"{path}: embeddings are read from {', '.join(LOAD_SUFFIXES)} files")
+    if suffix == ".parquet":
+        if ids is not None:
+            raise UsageError(f"{path}: an ids file goes with .npy / .npz vectors; name the id "
+                             "column of a Parquet file with id_column / --id-column")
+        return _load_parquet(path, vector_column, id_column, _names(label_column))
+    if id_column is not None or label_column is not None:
+        raise UsageError(f"{path}: id / label columns belong to Parquet files; give NumPy "
+                         "vectors their ids with an ids file (ids= / --ids)")
+    return _load_numpy(path, vector_column, ids)
+
+
+def _names(columns) -> list[str]:
+    return [columns] if isinstance(columns, str) else list(columns or [])
+
+
+def _load_parquet(path: Path, vector_column, id_column, label_columns) -> EmbeddingSet:
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(path)
-        raw = json.loads((table.schema.metadata or {}).get(b"embedkit", b"{}"))
+    except Exception as exc:
+        raise UsageError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+    raw = (table.schema.metadata or {}).get(b"embedkit")
+    if raw is not None and not (vector_column or id_column or label_columns):
+        return _load_own(path, table, json.loads(raw))
+    vectors = _vector_column(path, table, vector_column)
+    n = len(vectors)
+    if id_column is not None or "id" in table.column_names:
+        ident = _scalar_column(path, table, id_column or "id", "id")
+        if None in ident:
+            raise UsageError(f"{path}: the id column '{id_column or 'id'}' has empty values")
+    else:
+        ident = [str(i) for i in range(n)]
+    labels = {name: np.asarray(_scalar_column(path, table, name, "label"), dtype=object)
+              for name in label_columns}
+    return EmbeddingSet(ident, vectors, labels, {"source": str(path)})
+
+
+def _load_own(path: Path, table, raw: dict) -> EmbeddingSet:
+    from .store import column_vectors
+
+    try:
         vectors = column_vectors(table.column("vector"))
         labels = {name: np.asarray(table.column(f"label:{name}").to_pylist(), dtype=object)
                   for name in raw.get("labels", [])}
+        ident = table.column("id").to_pylist()
     except Exception as exc:
-        raise UsageError(f"{path}: not an embedkit embeddings file ({type(exc).__name__}); "
-                         "create one with: embedkit extract DATASET -o FILE.parquet") from None
-    return EmbeddingSet(table.column("id").to_pylist(), vectors, labels, raw.get("meta", {}))
+        raise UsageError(f"{path}: a damaged embedkit embeddings file ({type(exc).__name__}); "
+                         "recreate it with: embedkit extract DATASET -o FILE.parquet") from None
+    return EmbeddingSet(ident, vectors, labels, raw.get("meta", {}))
+
+
+def _vector_column(path: Path, table, name: str | None) -> np.ndarray:
+    """float32 [n, d] from the named list column, or the table's only list-typed column."""
+    import pyarrow as pa
+
+    def is_list(t):
+        return pa.types.is_list(t) or pa.types.is_large_list(t) or \
+            pa.types.is_fixed_size_list(t)
+
+    listed = [f.name for f in table.schema if is_list(f.type)]
+    if name is None:
+        if len(listed) != 1:
+            found = f"{len(listed)} list columns ({', '.join(listed)})" if listed else \
+                f"no list column (columns: {', '.join(table.column_names) or 'none'})"
+            raise UsageError(f"{path}: {found}; name the vector column with --vector-column "
+                             "(vector_column=)")
+        name = listed[0]
+    if name not in table.column_names:
+        raise UsageError(f"{path}: no column '{name}' (columns: "
+                         f"{', '.join(table.column_names)})")
+    column = table.column(name).combine_chunks()
+    value_type = getattr(column.type, "value_type", None)
+    if not is_list(column.type) or not (pa.types.is_floating(value_type)
+                                        or pa.types.is_integer(value_type)):
+        raise UsageError(f"{path}: column '{name}' is {column.type}, not a list of numbers")
+    if column.null_count:
+        raise UsageError(f"{path}: column '{name}' has {column.null_count} empty rows")
+    lengths = np.asarray(column.value_lengths())
+    if len(lengths) and lengths.min() != lengths.max():
+        raise UsageError(f"{path}: column '{name}' holds vectors of different lengths "
+                         f"({lengths.min()} to {lengths.max()})")
+    if len(lengths) and lengths[0] == 0:
+        raise UsageError(f"{path}: column '{name}' holds empty vectors")
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if np.isnan(flat).any():
+        raise UsageError(f"{path}: column '{name}' has missing (null or NaN) values")
+    return flat.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
+
+
+def _scalar_column(path: Path, table, name: str, role: str) -> list:
+    import pyarrow as pa
+
+    if name not in table.column_names:
+        raise UsageError(f"{path}: no {role} column '{name}' (columns: "
+                         f"{', '.join(table.column_names)})")
+    column = table.column(name)
+    if pa.types.is_nested(column.type):
+        raise UsageError(f"{path}: the {role} column '{name}' is {column.type}, not scalar")
+    return column.to_pylist()
+
+
+def _load_numpy(path: Path, name: str | None, ids_file) -> EmbeddingSet:
+    try:
+        data = np.load(path, allow_pickle=False)  # never unpickle a file from elsewhere
+    except Exception as exc:
+        raise UsageError(f"{path}: not a NumPy file holding plain arrays "
+                         f"({type(exc).__name__})") from None
+    labels = {}
+    ident = None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            keys = list(data.files)
+            candidates = [name] if name else [k for k in ("vectors", "embeddings") if k in keys]
+            if len(candidates) != 1 or candidates[0] not in keys:
+                raise UsageError(f"{path}: holds arrays {', '.join(keys) or 'none'}; expected "
+                                 "one of vectors / embeddings (or name it with vector_column=)")
+            vectors = data[candidates[0]]
+            ident = data["ids"] if "ids" in keys else None
+            if "labels" in keys:
+                labels["labels"] = data["labels"]
+    else:
+        vectors = data
+    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number) or \
+            np.issubdtype(vectors.dtype, np.complexfloating):
+        raise UsageError(f"{path}: vectors must be a 2-D array of numbers [n, d]; found "
+                         f"{vectors.dtype} of shape {vectors.shape}")
+    if ids_file is not None:
+        ident = _read_ids(Path(ids_file))
+    if ident is None:
+        ident = [str(i) for i in range(len(vectors))]
+    for what, values in (("ids", ident), *labels.items()):
+        if len(values) != len(vectors):
+            raise UsageError(f"{path}: {len(vectors)} vectors but {len(values)} {what}")
+    return EmbeddingSet(list(ident), vectors, labels, {"source": str(path)})
+
+
+def _read_ids(path: Path) -> list[str]:
+    if not path.is_file():
+        raise NotFoundError(f"{path}: no such ids file")
+    ident = path.read_text(encoding="utf-8").splitlines()
+    if len(set(ident)) != len(ident):
+        raise UsageError(f"{path}: ids must be unique ({len(ident) - len(set(ident))} repeated)")
+    return ident
 
 
 def is_embeddings_file(spec) -> bool:
-    return isinstance(spec, (str, os.PathLike)) and str(spec).endswith(".parquet") \
-        and os.path.isfile(spec)
+    return isinstance(spec, (str, os.PathLike)) and \
+        str(spec).lower().endswith(LOAD_SUFFIXES) and os.path.isfile(spec)

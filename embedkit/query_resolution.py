@@ -14,6 +14,8 @@ import numpy as np
 from .errors import BadInputError, NotFoundError, UsageError
 from .vector_space import VectorSpace
 
+# The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
+# fixed); `save_index` / `saved_index` are public too, imported from here.
 __all__ = ["embed_like", "item_vectors", "parse_expression", "parse_vector", "set_query",
            "word_space"]
 
@@ -96,6 +98,37 @@ def embed_like(emb, items: list) -> np.ndarray:
         raise UsageError(f"the set was embedded by {meta['model']} with options that cannot be "
                          "reproduced here (its fingerprint differs); query it by id")
     return got.vectors
+
+
+def save_index(emb, kind: str, path, **params) -> tuple:
+    """Build the `kind` (ivf / hnsw) index over the unit rows of the set `emb`, measure its
+    recall@10 against exact search, and save it to `path` with the set's checksum, so that
+    `saved_index` refuses it for any other set.  Returns (index, recall@10)."""
+    from .vector_search import measure_recall
+
+    space = VectorSpace.from_embeddings(emb)
+    index = space.index(kind, **params)
+    recall = measure_recall(index, space.unit, k=10)
+    index.save(path, about={"checksum": emb.checksum(), "rows": len(emb),
+                            "model": emb.meta.get("model"),
+                            "fingerprint": emb.meta.get("fingerprint"),
+                            "source": emb.meta.get("source"), "recall_at_10": recall})
+    return index, recall
+
+
+def saved_index(path, emb):
+    """The index `save_index` wrote to `path`, if it was built from exactly the set `emb` (the
+    same ids and vectors); a UsageError otherwise, since its rows would name other items."""
+    from .vector_search import NeighborIndex
+
+    index = NeighborIndex.load(path)
+    about = index.about_.get("about", {})
+    if about.get("checksum") != emb.checksum():
+        raise UsageError(f"{path} was built from another set ({about.get('rows')} rows of "
+                         f"{about.get('model') or about.get('source') or 'unknown vectors'}), "
+                         f"not these {len(emb)}; rebuild it: embedkit index build FEATS "
+                         f"--index {index.kind} -o {path}")
+    return index
 
 
 def _raise_skipped(result, items: list):

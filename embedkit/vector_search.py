@@ -5,18 +5,25 @@ but its errors.
 - nearest neighbours by cosine = inner product of L2-normalised vectors: exact (the default,
   blocked matrix products that keep only the candidates that can still reach the top k,
   `blockwise_topk`), or approximate with faiss (`ivf`: IndexIVFFlat; `hnsw`: IndexHNSWFlat,
-  Malkov & Yashunin 2018), whose recall@k is measured against exact search (`measure_recall`).
+  Malkov & Yashunin 2018), whose recall@k is measured against exact search (`measure_recall`);
+  an approximate index is saved with faiss' `write_index` next to a JSON sidecar that says which
+  set it indexes, and loaded back with `read_index` (`NeighborIndex.save` / `.load`).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import NotFoundError, UsageError
 from .options import INDEXES
 
+# The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
+# fixed); `sidecar_path` is public too, imported from here.
 __all__ = ["INDEX_KINDS", "NeighborIndex", "blockwise_topk", "cosine", "measure_recall",
            "recall_at_k", "unit_rows"]
 
@@ -61,7 +68,8 @@ class NeighborIndex:
       `nprobe` cells visited per query (defaults sqrt(n) and nlist / 8);
     - "hnsw": faiss IndexHNSWFlat, `hnsw_m` links per node, `ef_search` candidates per query
       (defaults 32 and 128).
-    `fit` returns self; the faiss index of ivf / hnsw is `index_`.
+    `fit` returns self; the faiss index of ivf / hnsw is `index_`.  A fitted approximate index
+    is saved with `save` and read back, unchanged, with `NeighborIndex.load`.
     """
 
     def __init__(self, kind: str = "exact", nlist: int | None = None, nprobe: int | None = None,
@@ -101,6 +109,55 @@ class NeighborIndex:
         self.index_ = index
         return self
 
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, about: dict | None = None) -> Path:
+        """Write the faiss index to `path` and its parameters, size and `about` (what the caller
+        needs to recognise the vectors later: a checksum, ids, a model) to `path`.json."""
+        if self.kind == "exact":
+            raise UsageError("an exact index is the vectors themselves; save an ivf or hnsw one")
+        import faiss
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index_, str(path))
+        params = {"nlist": getattr(self, "nlist_", self.nlist), "nprobe": self.nprobe,
+                  "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "seed": self.seed}
+        sidecar = {"kind": self.kind, "params": params, "ntotal": self.ntotal_,
+                   "dim": int(self.index_.d), "about": about or {}}
+        sidecar_path(path).write_text(json.dumps(sidecar, indent=1, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NeighborIndex":
+        """An index written by `save`, ready to search; its sidecar is `about_` (with `kind`,
+        `params`, `ntotal`, `dim`)."""
+        import faiss
+
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"{path}: no such index file")
+        try:
+            sidecar = json.loads(sidecar_path(path).read_text())
+            kind, params = sidecar["kind"], sidecar["params"]
+        except FileNotFoundError:
+            raise NotFoundError(f"{sidecar_path(path)}: missing; an index is saved with the "
+                                "JSON file that says which vectors it holds") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{sidecar_path(path)}: not an index description "
+                             f"({type(exc).__name__})") from None
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            raise UsageError(f"{path}: not a faiss index file") from None
+        if index.ntotal != sidecar.get("ntotal") or index.d != sidecar.get("dim"):
+            raise UsageError(f"{path}: holds {index.ntotal} x {index.d} vectors but its sidecar "
+                             f"says {sidecar.get('ntotal')} x {sidecar.get('dim')}")
+        loaded = cls(kind, **params)
+        loaded.index_, loaded.ntotal_, loaded.about_ = index, int(index.ntotal), sidecar
+        if kind == "ivf":
+            loaded.nlist_ = params["nlist"]
+        return loaded
+
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [q, k], row indices [q, k]), best first; -1 where fewer than k were found."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -114,6 +171,11 @@ class NeighborIndex:
         if self.kind == "hnsw":
             self.index_.hnsw.efSearch = max(self.index_.hnsw.efSearch, k)
         return self.index_.search(q, k)
+
+
+def sidecar_path(index_path: str | os.PathLike) -> Path:
+    """Where `NeighborIndex.save` describes the index at `index_path`."""
+    return Path(f"{index_path}.json")
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -99,7 +99,13 @@ class VectorSpace:
             self._unit = unit_rows(self.vectors)
         return self._unit
 
-    def index(self, kind: str = "exact", **params) -> NeighborIndex:
+    def index(self, kind: "str | NeighborIndex" = "exact", **params) -> NeighborIndex:
+        """The index of this kind and parameters over the unit rows, built once; a fitted
+        NeighborIndex (one loaded from a file) is used as it is."""
+        if isinstance(kind, NeighborIndex):
+            if kind.ntotal_ != len(self):
+                raise UsageError(f"the index holds {kind.ntotal_} rows, the space {len(self)}")
+            return kind
         key = (kind, tuple(sorted(params.items())))
         if key not in self._indexes:
             self._indexes[key] = NeighborIndex(kind, **params).fit(self.unit)
