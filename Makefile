@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) constraints.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino,lancedb]'
 	touch $(STAMP)
 
 demo: $(STAMP)
