@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -204,7 +205,9 @@ def load_state_dict_file(path: str) -> dict:
                 return load_file(path)
             except Exception as exc:  # SafetensorError and friends: one line, naming the file
                 raise ValueError(_first_line(exc)) from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own note on the pickle protocol: our error
+            warnings.simplefilter("ignore", UserWarning)  # line is the one the user needs
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         if exc.errno:
             raise BadWeights(f"{path}: cannot read the weights file ({exc.strerror})") from None
