@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 __all__ = ["EmbedkitError", "EmbeddingSet", "Store", "create_backbone", "encode", "extract",
-           "list_models", "load_embeddings"]
+           "finetune", "list_models", "load_embeddings"]
 
 from .errors import EmbedkitError  # noqa: E402
 from .registry import create_backbone, list_models  # noqa: E402
