@@ -28,6 +28,7 @@ def main():
     ap.add_argument("--n", type=int, default=8192)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", default="phases.json")
+    ap.add_argument("--profile", action="store_true", help="cProfile the extract call")
     args = ap.parse_args()
     import torch
     import torchvision
@@ -97,11 +98,25 @@ def main():
         count = sum(len(idx) for idx, _, _ in embed_stream(backbone, items, device, bs, workers))
         report[f"embed_stream_{workers}_readers"] = rate(count, time.perf_counter() - t)
 
+    profile = None
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     t = time.perf_counter()
     es = embedkit.extract(tmp / "photos", backbone, cache=tmp / "cache", batch_size=bs,
                           device=device, precision="bf16" if device == "cuda" else "fp32",
                           decode="device", progress=False)
     total = time.perf_counter() - t
+    if profile is not None:
+        import io
+        import pstats
+
+        profile.disable()
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(35)
+        report["extract_profile"] = out.getvalue().splitlines()[-45:]
     report["extract"] = rate(len(es), total)
     report["extract_seconds"] = {"total": round(total, 2),
                                  "computing": round(es.summary.compute_seconds, 2)}
