@@ -244,30 +244,13 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         at_least("--workers", workers, 0)
     dev = pick_device(device if backbone.uses_device else "cpu")
     store = cache if isinstance(cache, Store) else Store(cache)
-    # fast paths (docs/performance.md): a CPU runtime, decoding on the device; each has its own
-    # fingerprint part.  Neither applies to backbones that use no device (no torch import).
-    DECODES.check(decode)
-    if RUNTIMES.check(runtime) != "torch":
-        from .runtimes import with_runtime
+    backbone, on_device = _choose_path(backbone, ds, dev, precision, runtime, decode, store)
+    if on_device:
+        from .device_decode import fingerprint as device_fingerprint
 
-        backbone = with_runtime(backbone, runtime, store.root)
-    in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
-    backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
-    on_device = False
-    decoded = any(it.image is not None for it in ds.items)  # in-memory images: nothing to decode
-    if decoded and decode == "device":
-        raise UsageError("decode='device' decodes image files; in-memory images are decoded "
-                         "already (use decode='auto' or 'cpu')")
-    if backbone.uses_device and backbone.modality == "image" and decode != "cpu" and not decoded:
-        from . import device_decode
-
-        on_device = device_decode.applies(backbone, dev) if decode == "auto" else True
-        if on_device and not isinstance(backbone, device_decode.TorchImageBackbone):
-            raise UsageError("decode='device' takes torch image backbones (and --runtime torch)")
-    elif decode == "device":
-        raise UsageError(f"decode='device' takes image backbones; {backbone.name} embeds "
-                         f"{backbone.modality}s without a device")
-    fingerprint = device_decode.fingerprint(backbone) if on_device else backbone.fingerprint()
+        fingerprint = device_fingerprint(backbone)
+    else:
+        fingerprint = backbone.fingerprint()
     fast = {"on_device": on_device, "compile": compile}
 
     keys, skipped = content_keys(ds, store)
@@ -333,6 +316,38 @@ def encode(items, model: str | Backbone | None = None, batch_size: int = 32,
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1, keepdims=True)
         vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     return vectors[0] if single else vectors
+
+
+def _choose_path(backbone, ds: Dataset, dev: str, precision: str, runtime: str, decode: str,
+                 store: Store) -> tuple[Backbone, bool]:
+    """The backbone as it will run (wrapped in a CPU runtime if asked, moved to its device and
+    precision) and whether JPEG files are decoded on the device.  Each fast path has its own
+    fingerprint part (docs/performance.md); neither applies to backbones that use no device,
+    which never import torch."""
+    DECODES.check(decode)
+    if RUNTIMES.check(runtime) != "torch":
+        from .runtimes import with_runtime
+
+        backbone = with_runtime(backbone, runtime, store.root)
+    in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
+    backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
+    in_memory = any(it.image is not None for it in ds.items)  # decoded already
+    if in_memory and decode == "device":
+        raise UsageError("decode='device' decodes image files; in-memory images are decoded "
+                         "already (use decode='auto' or 'cpu')")
+    if not (backbone.uses_device and backbone.modality == "image"):
+        if decode == "device":
+            raise UsageError(f"decode='device' takes image backbones; {backbone.name} embeds "
+                             f"{backbone.modality}s without a device")
+        return backbone, False
+    if decode == "cpu" or in_memory:
+        return backbone, False
+    from . import device_decode
+
+    on_device = device_decode.applies(backbone, dev) if decode == "auto" else True
+    if on_device and not isinstance(backbone, device_decode.TorchImageBackbone):
+        raise UsageError("decode='device' takes torch image backbones (and --runtime torch)")
+    return backbone, on_device
 
 
 def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile):
