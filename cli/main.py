@@ -224,7 +224,7 @@ def cache_verify(repair, deep, device, cache):
     click.echo("repaired: damaged shards quarantined, their items will be recomputed"
                if problems else "ok: every shard matches its checksum")
     if deep is not None:
-        from embedkit.extract import verify_deep
+        from embedkit.deep_verify import verify_deep
 
         report = verify_deep(store, deep, device=device)
         for line in report.unchecked:

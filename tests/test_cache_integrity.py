@@ -170,7 +170,7 @@ def test_verify_deep_recomputes_and_catches_a_wrong_vector(tmp_path, digits_smal
     for f in sorted(digits_small.rglob("*.png"))[:4]:
         shutil.copy(f, _png(data / f.parent.name / f.name, 0))
     es = embedkit.extract(data, "efficientnet_lite0", cache=cache, progress=False, workers=0)
-    from embedkit.extract import verify_deep
+    from embedkit.deep_verify import verify_deep
 
     with Store(cache) as s:
         report = verify_deep(s, 4, device="cpu")
