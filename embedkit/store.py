@@ -748,11 +748,8 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def _hash_file(path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _chunks(seq, n):
