@@ -240,3 +240,16 @@ def test_sentence_model_key_follows_its_files(tiny_st, tmp_path):
     config = folder / "1_Pooling" / "config.json"
     config.write_text(config.read_text().replace("\n", "\n "))  # same meaning, other bytes
     assert create_backbone(str(folder)).fingerprint() != before
+
+
+def test_torchvision_offline_hint_names_the_file_and_folder(tmp_path, monkeypatch):
+    """(The download and its offline failure run against a loopback mirror in
+    test_weights_download.py.)"""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    backbone = create_backbone("mobilenet_v3_small")
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT.url
+    assert not backbone.source.available and backbone.source.downloadable
+    assert os.path.basename(url) in backbone.source.hint
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in backbone.source.hint
