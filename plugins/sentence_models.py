@@ -69,7 +69,10 @@ def cached_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     for marker in MARKERS:
-        path = try_to_load_from_cache(repo_id, marker)
+        try:
+            path = try_to_load_from_cache(repo_id, marker)
+        except Exception:  # an id huggingface_hub refuses: nothing cached under it
+            return None
         if isinstance(path, str) and os.path.isfile(path):
             return Path(path).parent
     return None
@@ -99,6 +102,7 @@ class SentenceTransformerBackbone(Backbone):
         self.model_dir = model_dir
         self.package = package
         self.repo_id = repo_id
+        self._weights_key = None
         self.normalize = bool(normalize)
         self.layer = LAYER
         self.pool = "mean"
@@ -161,10 +165,12 @@ class SentenceTransformerBackbone(Backbone):
         return [LAYER]
 
     def fingerprint(self) -> str:
-        if self.model_dir is None:  # not downloaded yet: keyed by what will be downloaded
-            weights = f"hub:{self.repo_id}" if self.repo_id else "missing"
-        else:
-            weights = [file_sha256(str(self.model_dir / f)) for f in self._key_files()]
+        if self._weights_key is None:  # fixed for the life of the backbone, so a download
+            # during an extraction never changes the keys it started with (timm does the same)
+            self._weights_key = (
+                [file_sha256(str(self.model_dir / f)) for f in self._key_files()]
+                if self.model_dir else f"hub:{self.repo_id}" if self.repo_id else "missing")
+        weights = self._weights_key
         return fingerprint_of(modality="text", family=self.family, arch=self.name,
                               weights=weights, layer=LAYER, pool=self.pool,
                               normalize=self.normalize,
