@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 
@@ -62,11 +63,13 @@ def _load_model(arch: str, tag: str, weights: str | None, weights_key: str):
 
     try:
         if weights:
-            model = open_clip.create_model(arch, pretrained=weights, weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol note would precede
+                warnings.simplefilter("ignore", UserWarning)  # our one-line refusal
+                model = open_clip.create_model(arch, pretrained=weights, weights_only=True)
         else:
             model = open_clip.create_model(arch, pretrained=tag, require_pretrained=True,
                                            weights_only=True)
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+    except Exception as exc:  # any failure to read or fit the checkpoint: one line
         if weights:
             raise BadWeights(f"{weights}: refused or does not fit open_clip {arch}: "
                              f"{_first_line(exc)}") from None

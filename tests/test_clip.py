@@ -148,6 +148,18 @@ def test_bad_names_and_options_are_one_line_errors(tiny):
         create_backbone(MODEL, weights=tiny[0], layer="blocks.0")
 
 
+def test_a_pickled_object_is_refused_not_unpickled(tmp_path, tiny, digits_small):
+    import pickle
+
+    import embedkit
+    from embedkit.errors import BadWeights
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps({"state_dict": Exception("not a tensor")}))
+    with pytest.raises(BadWeights, match="evil.pth: refused"):
+        embedkit.extract(digits_small, MODEL, weights=str(bad), progress=False)
+
+
 def test_missing_hub_weights_name_the_repo_and_folder(monkeypatch, tmp_path):
     from embedkit.registry import create_backbone
 
