@@ -124,7 +124,19 @@ def test_zero_shot_is_argmax_cosine_against_the_prompts(tiny, digits_small, tmp_
     for label in labels:
         mask = truth == label
         assert got.per_class[label] == pytest.approx(np.mean(expected[mask] == label))
-    # constructed to be known: the same images labelled with what the reference predicts
+    # constructed to be known: the same images filed under the class the reference predicts
+    # (accuracy 1), and under the next class (accuracy 0)
+    import shutil
+
+    for name, shift in (("known", 0), ("wrong", 1)):
+        for i, (item, label) in enumerate(zip(images.ids, expected)):
+            target = tmp_path / name / labels[(labels.index(label) + shift) % len(labels)]
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(digits_small / item, target / f"{i}.png")
+    for name, accuracy in (("known", 1.0), ("wrong", 0.0)):
+        filed = embedkit.zero_shot(tmp_path / name, MODEL, ",".join(labels), weights=weights,
+                                   template="a photo of the digit {}", progress=False)
+        assert filed.accuracy == accuracy
     out = CliRunner().invoke(cli, ["zero-shot", str(digits_small), "--model", MODEL,
                                    "--weights", weights, "--labels", ",".join(labels),
                                    "--template", "a photo of the digit {}", "--json"])
