@@ -21,8 +21,10 @@ machinery (the Hugging Face cache, downloading where online; `HF_HUB_OFFLINE` ho
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import logging
 import os
 import warnings
 
@@ -62,20 +64,37 @@ def _load_model(arch: str, tag: str, weights: str | None, weights_key: str):
     import open_clip
 
     try:
-        if weights:
-            with warnings.catch_warnings():  # torch's pickle-protocol note would precede
-                warnings.simplefilter("ignore", UserWarning)  # our one-line refusal
+        with _quiet_open_clip():
+            if weights:
                 model = open_clip.create_model(arch, pretrained=weights, weights_only=True)
-        else:
-            model = open_clip.create_model(arch, pretrained=tag, require_pretrained=True,
-                                           weights_only=True)
-    except Exception as exc:  # any failure to read or fit the checkpoint: one line
+            else:
+                model = open_clip.create_model(arch, pretrained=tag, require_pretrained=True,
+                                               weights_only=True)
+    except Exception as exc:  # any failure to read, fetch or fit the checkpoint: one line
         if weights:
             raise BadWeights(f"{weights}: refused or does not fit open_clip {arch}: "
                              f"{_first_line(exc)}") from None
-        raise WeightsUnavailable(f"openclip/{arch}@{tag}: {_missing_hint(arch, tag)} "
-                                 f"({_first_line(exc)})") from None
+        raise WeightsUnavailable(f"openclip/{arch}@{tag}: {_missing_hint(arch, tag)}") \
+            from None
     return model.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip reports through the root logger (`logging.error`), which installs a stderr
+    handler when the root has none, and torch warns about pickle protocols: both would precede
+    our one-line error.  A NullHandler for the duration keeps the root logger untouched."""
+    root = logging.getLogger()
+    handler = logging.NullHandler() if not root.handlers else None
+    if handler:
+        root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        if handler:
+            root.removeHandler(handler)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,9 +106,17 @@ def _missing_hint(arch: str, tag: str) -> str:
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
-    where = cfg.get("hf_hub") or cfg.get("url") or "?"
-    return (f"weights {where} are not in the Hugging Face cache {_hf_cache_dir()}; run once "
-            f"online (open_clip downloads them there) or give a checkpoint with --weights FILE")
+    repo, filename = os.path.split(cfg.get("hf_hub", ""))
+    where = (f"the Hugging Face repo {repo} ({filename or 'open_clip_model.safetensors'}) is "
+             f"not in the cache {_hf_cache_dir()}" if repo else
+             f"{cfg.get('url', '?')} is not in open_clip's download folder")
+    return (f"{where}; run once online (open_clip downloads it there) or give a checkpoint "
+            "with --weights FILE")
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at its import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _cached_weights(arch: str, tag: str) -> str | None:
@@ -154,7 +181,7 @@ class OpenClipTower(Backbone):
         cached = _cached_weights(self.arch, self.tag)
         where = self.pretrained.get("hf_hub") or self.pretrained.get("url", "")
         return WeightsSource(f"open_clip {self.tag} ({where})", cached is not None, cached,
-                             _missing_hint(self.arch, self.tag), downloadable=True)
+                             _missing_hint(self.arch, self.tag), downloadable=not _offline())
 
     def preprocess_config(self) -> dict:
         """open_clip's own preprocessing for these weights: its defaults, the tag's mean /

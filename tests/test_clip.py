@@ -224,7 +224,24 @@ def test_missing_hub_weights_name_the_repo_and_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     backbone = create_backbone("openclip/ViT-B-32@laion2b_s34b_b79k")
     src = backbone.source
-    assert not src.available and src.downloadable
+    assert not src.available and not src.downloadable  # offline: refused before any work
     assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in src.hint and "cache" in src.hint
     assert backbone.tower("text").modality == "text"
     assert backbone.tower("text").fingerprint() != backbone.fingerprint()
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from embedkit.cli.main import cli
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    out = CliRunner().invoke(cli, ["extract", str(tmp_path / "red.png"), "--model",
+                                   "openclip/ViT-B-32@laion2b_s34b_b79k"])
+    assert out.exit_code == 4
+    assert out.output.count("\n") == 1 and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in out.output
+    assert _hf_cache() in out.output
+
+
+def _hf_cache():
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return HF_HUB_CACHE
