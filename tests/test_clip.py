@@ -30,6 +30,16 @@ WORDS = ["five", "six", "seven", "eight", "nine"]
 CAPTIONS = [f"a photo of a {w}" for w in WORDS]
 
 
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch):
+    """fp32 on the CPU even where CUDA is present (auto would pick bf16 there), so vectors
+    compare with open_clip's and NumPy's at fp32 tolerances."""
+    import importlib
+
+    module = importlib.import_module("embedkit.extract")
+    monkeypatch.setattr(module, "pick_device", lambda device="auto": "cpu")
+
+
 @pytest.fixture(scope="module")
 def pairs(digits_small, tmp_path_factory):
     """The first image of each digit, filed under its word: five/..., six/..., ..."""
