@@ -126,8 +126,9 @@ def _cached_weights(arch: str, tag: str) -> str | None:
 
     hub = open_clip.get_pretrained_cfg(arch, tag).get("hf_hub", "")
     repo, filename = os.path.split(hub)  # "org/repo/" names the repo's default files
-    names = [filename] if filename else ["open_clip_model.safetensors",
-                                         "open_clip_pytorch_model.bin"]
+    # open_clip fetches the safetensors twin of a named .bin first
+    names = [filename] * bool(filename) + ["open_clip_model.safetensors",
+                                           "open_clip_pytorch_model.bin"]
     for fname in names:
         found = try_to_load_from_cache(repo, fname) if repo else None
         if isinstance(found, str):
