@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): $(PY) constraints.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino,lancedb]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino,lancedb,clip]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,11 +1,12 @@
-"""Text and query commands: similar, cosine, analogy, eval-vectors, word2vec train."""
+"""Text and query commands: similar, cosine, analogy, eval-vectors, word2vec train,
+zero-shot."""
 
 from __future__ import annotations
 
 import click
 
-from embedkit.cli.common import EmbedkitGroup, choice, embeddings_columns, emit_json, \
-    json_option, table
+from embedkit.cli.common import EmbedkitGroup, cache_option, choice, embeddings_columns, \
+    emit_json, json_option, run_options, table
 from embedkit.errors import UsageError
 from embedkit.options import ANALOGY_METHODS, INDEXES
 
@@ -77,6 +78,8 @@ def similar(query, model, embeddings, topn, index, keep_query_words, limit, as_j
       embedkit similar 5/00012.png --embeddings digits.parquet
       embedkit similar "a gripping, moving film" --embeddings reviews.parquet
       embedkit similar 5/00012.png --embeddings digits.parquet --index digits.faiss
+      embedkit similar "a photo of a dog" --embeddings photos.parquet   # a CLIP image set:
+                                                  # the text is embedded by the text tower
     """
     from embedkit.query_resolution import set_query, word_space
     from embedkit.vector_space import VectorSpace
@@ -264,6 +267,44 @@ def word2vec_train(corpus, output, sg, dim, window, min_count, epochs, workers, 
                f"({'skip-gram' if sg else 'CBOW'}) to {output}; use it with --model {output}")
 
 
+@click.command("zero-shot")
+@click.argument("dataset")
+@click.option("--model", "-m", required=True,
+              help="An image-text model, e.g. openclip/ViT-B-32@laion2b_s34b_b79k.")
+@click.option("--labels", required=True, help="Class names, comma-separated: cat,dog,bird.")
+@click.option("--template", default="a photo of a {}", show_default=True,
+              help="The prompt each class name fills; {} marks its place.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="A local checkpoint of the model (.safetensors / .pth).")
+@run_options
+@cache_option
+@json_option
+def zero_shot(dataset, model, labels, template, weights, cache, as_json, run):
+    """Classify the images of DATASET among --labels with no training: each image takes the
+    class whose prompt, embedded by the model's text tower, is nearest by cosine (CLIP,
+    Radford et al. 2021).  With labelled data (class subfolders) it reports the accuracy.
+
+    \b
+    Examples:
+      embedkit zero-shot ./pets --model openclip/ViT-B-32@laion2b_s34b_b79k --labels cat,dog
+      embedkit zero-shot ./pets -m openclip/ViT-B-32@laion2b_s34b_b79k --labels cat,dog \\
+          --template "a blurry photo of a {}" --json
+    """
+    from embedkit.zero_shot import zero_shot as classify
+
+    result = classify(dataset, model, labels, template=template, weights=weights, cache=cache,
+                      **run)
+    if as_json:
+        return emit_json(result.as_dict())
+    if result.accuracy is None:
+        click.echo(table(result.as_dict()["items"]))
+        return
+    rows = [{"class": c, "accuracy": a} for c, a in result.per_class.items()]
+    click.echo(table(rows))
+    click.echo(f"accuracy {result.accuracy:.4f} over {len(result.ids)} images "
+               f"({len(result.labels)} labels)")
+
+
 def register(cli):
-    for command in (similar, cosine, analogy, eval_vectors, word2vec):
+    for command in (similar, cosine, analogy, eval_vectors, word2vec, zero_shot):
         cli.add_command(command)

@@ -125,6 +125,13 @@ class Backbone(ABC):
         gathered here, where they survive DataLoader workers, and read back by `report()`."""
         return None
 
+    def tower(self, modality: str) -> "Backbone | None":
+        """The backbone of the same model that embeds `modality`, or None: itself for its own
+        modality; the other tower for models with an image and a text tower in one space
+        (CLIP).  `extract` asks this for the dataset's modality, so one `--model` name
+        embeds photos and captions alike."""
+        return self if modality == self.modality else None
+
     def collate(self, samples: list) -> Any:
         """Turn a list of preprocessed samples into one batch for `embed`."""
         return samples

@@ -236,6 +236,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         backbone = create_backbone(model or default_model(ds.modality), layer=layer, pool=pool,
                                    normalize=normalize or None, weights=weights,
                                    **(backbone_options or {}))
+    backbone = backbone.tower(ds.modality) or backbone  # CLIP: the tower for this data
     if backbone.modality != ds.modality:
         raise UsageError(f"{backbone.name} embeds {backbone.modality}s but {ds.root} holds "
                          f"{ds.modality}s; pick a {ds.modality} model (embedkit models)")

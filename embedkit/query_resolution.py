@@ -78,9 +78,30 @@ def set_query(emb, query: str):
         if rel in set(emb.ids):
             return rel
     if emb.meta.get("modality") == "image" and not os.path.isfile(query):
-        raise NotFoundError(f"'{query}' is neither an id of the set nor an image file; "
-                            f"ids look like '{emb.ids[0]}'")
+        tower = text_tower(emb.meta)
+        if tower is None:
+            raise NotFoundError(f"'{query}' is neither an id of the set nor an image file; "
+                                f"ids look like '{emb.ids[0]}'")
+        return _embedded(tower, query)
     return embed_like(emb, [query])[0]
+
+
+def text_tower(meta: dict):
+    """The text tower of the image-text model (CLIP) that made an image set, or None: a text
+    query is then embedded into the images' own space (text-to-image search)."""
+    from .registry import backbone_from_meta
+
+    if not meta.get("backbone"):
+        return None
+    return backbone_from_meta(meta).tower("text")
+
+
+def _embedded(backbone, query: str) -> np.ndarray:
+    from .extract import extract
+
+    got = extract([query], backbone, progress=False)
+    _raise_skipped(got, [query])
+    return got.vectors[0]
 
 
 def embed_like(emb, items: list) -> np.ndarray:
