@@ -107,13 +107,14 @@ def _embedded(backbone, query: str) -> np.ndarray:
 def embed_like(emb, items: list) -> np.ndarray:
     """New items embedded exactly as the set `emb` was (same model, layer, pooling, norm)."""
     from .extract import extract
+    from .registry import backbone_from_meta
 
     meta = emb.meta
     if not meta.get("model"):
         raise UsageError("this embeddings file does not say which model made it, so new items "
                          "cannot be embedded like it; query it by id")
-    got = extract(list(items), meta["model"], layer=meta.get("layer"), pool=meta.get("pool"),
-                  normalize=bool(meta.get("normalize")), progress=False)
+    # the recorded recipe (name and every option, weights included), else the older fields
+    got = extract(list(items), backbone_from_meta(meta), progress=False)
     _raise_skipped(got, items)
     if meta.get("fingerprint") and got.meta["fingerprint"] != meta["fingerprint"]:
         raise UsageError(f"the set was embedded by {meta['model']} with options that cannot be "

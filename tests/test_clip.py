@@ -255,3 +255,24 @@ def _hf_cache():
     from huggingface_hub.constants import HF_HUB_CACHE
 
     return HF_HUB_CACHE
+
+
+def test_an_image_query_is_embedded_with_the_same_weights_as_the_set(tiny, pairs, tmp_path):
+    """A new image against a set made with --weights: the set's recorded recipe (weights
+    included) embeds the query, so the image finds itself."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import embedkit
+    from embedkit.cli.main import cli
+
+    feats = tmp_path / "pairs.parquet"
+    embedkit.extract(pairs, MODEL, weights=tiny[0], progress=False).save(feats)
+    query = tmp_path / "query.png"
+    shutil.copy(pairs / WORDS[2] / "0.png", query)
+    out = CliRunner().invoke(cli, ["similar", str(query), "--embeddings", str(feats), "-k", "1",
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    top = json.loads(out.output)["neighbors"][0]
+    assert top["key"] == f"{WORDS[2]}/0.png" and top["cosine"] > 0.9999
