@@ -22,8 +22,8 @@ import numpy as np
 from .errors import BadInputError, BadWeights, NotFoundError, UsageError
 from .options import POOLINGS
 
-__all__ = ["FLATTEN_LIMIT", "RESIZE_LIMIT", "VECTOR_FORMAT_VERSION", "Backbone", "BackboneFamily",
-           "file_sha256", "fingerprint_of", "ImagePreprocess", "last_linear", "LayerInfo",
+__all__ = ["FLATTEN_LIMIT", "RESIZE_LIMIT", "VECTOR_FORMAT_VERSION", "autocast", "Backbone",
+           "BackboneFamily", "file_sha256", "fingerprint_of", "ImagePreprocess", "last_linear", "LayerInfo",
            "load_state_dict_file", "pool_features", "remembered", "TorchImageBackbone",
            "unknown_options", "WeightsSource"]
 
@@ -290,6 +290,16 @@ class ImagePreprocess:
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def autocast(device_type: str, precision: str):
+    """torch autocast at a reduced `precision` ("bf16", "fp16"); a disabled context for "fp32".
+    The one place that maps embedkit's precision names to torch dtypes."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type=device_type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)
+
+
 class _StopForward(Exception):
     """Raised by a hook once the wanted layer has run, so later layers cost nothing."""
 
@@ -504,11 +514,8 @@ class TorchImageBackbone(Backbone):
                     raise _StopForward
                 handle = module.register_forward_hook(hook)
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         try:
-            with torch.inference_mode(), torch.autocast(
-                    device_type=x.device.type, dtype=dtype or torch.float32,
-                    enabled=dtype is not None):
+            with torch.inference_mode(), autocast(x.device.type, self.precision):
                 try:
                     captured["x"] = model(x)
                 except _StopForward:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backbone import ImagePreprocess, TorchImageBackbone, fingerprint_of
+from .backbone import ImagePreprocess, TorchImageBackbone, autocast, fingerprint_of
 from .errors import EmbedkitError
 from .inputs import MAX_PIXELS
 from .files import available_cores
@@ -329,7 +329,6 @@ def embed_stream(backbone: TorchImageBackbone, items, device: str, batch_size: i
     model = feature_model(backbone)
     if compile:
         model = torch.compile(model)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(backbone.precision)
     kind = torch.device(device).type
     feeder = _Batches(backbone, items, device, batch_size, workers)
     previous = None  # (indices, host tensor, errors, copy-done event) of the batch before
@@ -340,7 +339,7 @@ def embed_stream(backbone: TorchImageBackbone, items, device: str, batch_size: i
                 if ready is not None:
                     torch.cuda.current_stream().wait_event(ready)
                     x.record_stream(torch.cuda.current_stream())
-                with torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with autocast(kind, backbone.precision):
                     feats = model(x).float()
                 if kind == "cuda":
                     host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)

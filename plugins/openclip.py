@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from embedkit.backbone import (Backbone, BackboneFamily, WeightsSource, file_sha256,
+from embedkit.backbone import (Backbone, BackboneFamily, WeightsSource, autocast, file_sha256,
                                fingerprint_of, unknown_options)
 from embedkit.errors import (BadInputError, BadWeights, MissingExtra, NotFoundError,
                              UsageError, WeightsUnavailable)
@@ -259,10 +259,7 @@ class OpenClipTower(Backbone):
 
         model = self.model
         x = batch.to(self.device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.inference_mode(), torch.autocast(device_type=x.device.type,
-                                                    dtype=dtype or torch.float32,
-                                                    enabled=dtype is not None):
+        with torch.inference_mode(), autocast(x.device.type, self.precision):
             encode = model.encode_image if self.modality == "image" else model.encode_text
             feats = encode(x, normalize=True).float()
         return feats.cpu().numpy().astype(np.float32, copy=False)
