@@ -565,16 +565,6 @@ class Store:
             self._db.executemany("DELETE FROM vectors WHERE shard = ?", ((n,) for n in names))
             self._db.executemany("DELETE FROM shards WHERE name = ?", ((n,) for n in names))
 
-    def rebuild_index(self):
-        """Drop the vector index and rebuild it from the shard files alone (each checked
-        against its own content checksum; damaged ones are quarantined)."""
-        with self._transaction():
-            self._db.execute("DELETE FROM vectors")
-            self._db.execute("DELETE FROM shards")
-        self.absorb()
-        known = {r[0] for r in self._db.execute("SELECT name FROM shards")}
-        self._quarantine(sorted(set(self._shard_files()) - known))
-
     def sample(self, n: int, seed: int = 0) -> list[tuple[str, str, str, int]]:
         """Up to `n` random indexed keys as (fingerprint, content, shard, row)."""
         rows = self._db.execute("SELECT fingerprint, content, shard, row FROM vectors").fetchall()
