@@ -125,11 +125,25 @@ def datasets_export(name, folder, per_class, skip):
     click.echo(f"wrote {n} items to {path}")
 
 
+def output_options(f):
+    """-o (a file or a folder of Parquet parts), --parts, --chunk-size: where a streamed set
+    goes."""
+    for option in reversed([
+        click.option("-o", "--output", type=click.Path(), default=None,
+                     help="Save the set as it streams: .parquet, .npy (+ NAME.ids.csv), .csv, "
+                          "or a folder of Parquet parts (a path ending in /)."),
+        click.option("--parts", type=int, default=None,
+                     help="Split a folder output into N Parquet parts."),
+        click.option("--chunk-size", type=int, default=8192, show_default=True,
+                     help="Items hashed, computed and written at a time (bounds memory).")]):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("dataset")
 @model_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Save the EmbeddingSet (.parquet; .npy / .csv export vectors).")
+@output_options
 @click.option("--label", default=None, help="Primary label column of a manifest.")
 @click.option("--within", type=click.Path(file_okay=False), default=None,
               help="Refuse manifest paths that resolve outside this folder.")
@@ -146,24 +160,25 @@ def datasets_export(name, folder, per_class, skip):
 @click.option("--strict", is_flag=True, help="Fail on the first bad item instead of skipping it.")
 @cache_option
 @json_option
-def extract(dataset, model, layer, pool, normalize, weights, output, label, within, limit,
-            workers, runtime, compile_, strict, cache, as_json, run):
+def extract(dataset, model, layer, pool, normalize, weights, output, parts, chunk_size, label,
+            within, limit, workers, runtime, compile_, strict, cache, as_json, run):
     """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
 
     \b
     Example: embedkit extract ./digits --model efficientnet_lite0 -o digits.parquet
+             embedkit extract lines.txt --model glove-6b-50d -o lines/ --parts 8
     """
     import embedkit
-    from embedkit.embeddings import check_output_suffix
 
-    if output:
-        check_output_suffix(output)
     result = embedkit.extract(dataset, model, layer=layer, pool=pool, normalize=normalize,
                               weights=weights, cache=cache, workers=workers, runtime=runtime,
-                              compile=compile_, strict=strict, label=label, within=within, **run,
+                              compile=compile_, strict=strict, label=label, within=within,
+                              output=output, parts=parts, chunk_size=chunk_size, **run,
                               backbone_options={"limit": limit} if limit is not None else None)
-    if output:
-        result.save(output)
+    _report_saved(result, output, as_json)
+
+
+def _report_saved(result, output, as_json):
     summary = result.summary
     if as_json:
         return emit_json({**summary.as_dict(), "output": output, "dim": result.dim,
@@ -306,25 +321,52 @@ def index_build(embeddings, kind, output, nlist, nprobe, hnsw_m, ef_search, as_j
 
 
 @cli.command("export")
-@click.argument("embeddings", metavar="FEATS")
+@click.argument("embeddings", metavar="SOURCE")
 @embeddings_columns
-@click.option("--to", "target", required=True, metavar="lancedb://FOLDER/TABLE",
-              help="Where to write the set (extra embedkit[lancedb]).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing table.")
-def export(embeddings, target, overwrite):
-    """Write the saved set FEATS (ids, label columns, vectors) to a vector database.
+@model_options
+@output_options
+@click.option("--to", "target", default=None, metavar="lancedb://FOLDER/TABLE",
+              help="Write to a LanceDB table (extra embedkit[lancedb]).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing LanceDB table.")
+@click.option("--label", default=None, help="Primary label column of a manifest.")
+@cache_option
+@json_option
+def export(embeddings, model, layer, pool, normalize, weights, output, parts, chunk_size, target,
+           overwrite, label, cache, as_json):
+    """Write SOURCE out without computing anything: a saved set (FEATS), or a dataset's vectors
+    from the cache under --model (items not cached are listed as skipped).
 
     \b
-    Example: embedkit export digits.parquet --to lancedb://./vectors/digits
+    Example: embedkit export ./photos --model efficientnet_lite0 -o photos/ --parts 4
+             embedkit export digits.parquet --to lancedb://./vectors/digits
     """
+    from embedkit.embeddings import EmbeddingSet, is_embeddings_file
     from embedkit.errors import UsageError
 
-    if not target.startswith("lancedb://"):
+    if (output is None) == (target is None):
+        raise UsageError("export writes to one place: -o FILE_OR_FOLDER/ or --to "
+                         "lancedb://FOLDER/TABLE")
+    if target is not None and not target.startswith("lancedb://"):
         raise UsageError(f"--to {target}: export writes to lancedb://FOLDER/TABLE")
-    emb = _saved_set(embeddings)
-    emb.to_lancedb(target, overwrite=overwrite)
+    if isinstance(embeddings, EmbeddingSet) or is_embeddings_file(embeddings):
+        emb = _saved_set(embeddings)
+        if output:
+            emb.save(output, parts=parts)
+    else:
+        import embedkit
+
+        emb = embedkit.extract(embeddings, model, layer=layer, pool=pool, normalize=normalize,
+                               weights=weights, cache=cache, label=label, cached_only=True,
+                               output=output, parts=parts, chunk_size=chunk_size,
+                               progress=False)
+    if target:
+        emb.to_lancedb(target, overwrite=overwrite)
+    if emb.summary is not None:
+        return _report_saved(emb, output or target, as_json)
+    if as_json:
+        return emit_json({"output": output or target, "rows": len(emb), "dim": emb.dim})
     click.echo(f"wrote {len(emb)} x {emb.dim} vectors and {len(emb.label_columns)} label "
-               f"column(s) to {target}")
+               f"column(s) to {output or target}")
 
 
 def _saved_set(path):

@@ -19,9 +19,8 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from .errors import NotFoundError, UsageError
-from .files import atomic_write
 
-__all__ = ["LOAD_SUFFIXES", "SAVE_SUFFIXES", "check_output_suffix", "EmbeddingSet",
+__all__ = ["LOAD_SUFFIXES", "check_output_suffix", "EmbeddingSet",
            "is_embeddings_file", "load_embeddings"]
 
 if TYPE_CHECKING:
@@ -85,30 +84,15 @@ class EmbeddingSet:
                              "vector": list(self.vectors)})
 
     # -- persistence ------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save as .parquet (default), or export vectors to .npy / .csv."""
-        path = check_output_suffix(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        suffix = path.suffix.lower()
-        if suffix == ".npy":
-            np.save(path, self.vectors)
-            return path
-        if suffix == ".csv":
-            return self._save_csv(path)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    def save(self, path: str | os.PathLike, parts: int | None = None) -> Path:
+        """Save as .parquet (default), a folder of Parquet parts (`out/`, or `parts=N`), or
+        export to .npy (ids and labels in the sidecar NAME.ids.csv) / .csv."""
+        from .embedding_files import EmbeddingsWriter
 
-        from .store import vector_column
-
-        columns = {"id": pa.array(self.ids, type=pa.string()),
-                   "vector": vector_column(self.vectors)}
-        for name, values in self.label_columns.items():
-            columns[f"label:{name}"] = pa.array([None if v is None else str(v) for v in values],
-                                                type=pa.string())
-        table = pa.table(columns).replace_schema_metadata(
-            {b"embedkit": json.dumps({"meta": self.meta, "labels": list(self.label_columns)},
-                                     default=str).encode()})
-        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        with EmbeddingsWriter(path, self.meta, list(self.label_columns), parts=parts,
+                              expected_rows=len(self)) as writer:
+            writer.add(self.ids, self.vectors, self.label_columns)
+        return writer.path
 
     def to_lancedb(self, uri: str, overwrite: bool = False):
         """Write the set to a LanceDB table, `lancedb://FOLDER/TABLE` (or `FOLDER/TABLE`):
@@ -138,27 +122,13 @@ class EmbeddingSet:
         except ValueError as exc:  # lancedb's "Table 'x' already exists"
             raise UsageError(f"{uri}: {exc}; --overwrite replaces it") from None
 
-    def _save_csv(self, path: Path) -> Path:
-        import csv
+def check_output_suffix(path, parts: int | None = None) -> Path:
+    """The path, if embeddings can be saved there (checked before any work is done): a
+    .parquet / .npy / .csv file, or a folder of Parquet parts."""
+    from .embedding_files import output_kind
 
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", *self.label_columns, *(f"v{i}" for i in range(self.dim))])
-            for i, ident in enumerate(self.ids):
-                w.writerow([ident, *(v[i] for v in self.label_columns.values()),
-                            *(f"{x:.7g}" for x in self.vectors[i])])
-        return path
-
-
-SAVE_SUFFIXES = (".parquet", ".npy", ".csv")
-
-
-def check_output_suffix(path) -> Path:
-    """The path, if embeddings can be saved there (checked before any work is done)."""
-    path = Path(path)
-    if path.suffix.lower() not in SAVE_SUFFIXES:
-        raise UsageError(f"{path}: save embeddings as .parquet, .npy or .csv")
-    return path
+    output_kind(path, parts)
+    return Path(path)
 
 
 LOAD_SUFFIXES = (".parquet", ".npy", ".npz")
@@ -185,9 +155,14 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
         NotFoundError: no such file (or ids file).  UsageError: a file that holds no
         embeddings this can read, in one line naming the file and what was found there.
     """
+    from .embedding_files import PARTS_MARKER, is_parts_folder
+
     path = Path(path)
+    if is_parts_folder(path):
+        header = json.loads((path / PARTS_MARKER).read_text())
+        return SavedSet(header, [path / name for name in header["parts"]])
     if not path.is_file():
-        raise NotFoundError(f"{path}: no such embeddings file")
+        raise NotFoundError(f"{path}: no such embeddings file or folder of parts")
     suffix = path.suffix.lower()
     if suffix not in LOAD_SUFFIXES:
         raise UsageError(f"{path}: embeddings are read from {', '.join(LOAD_SUFFIXES)} files")
@@ -210,12 +185,13 @@ def _load_parquet(path: Path, vector_column, id_column, label_columns) -> Embedd
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        schema = pq.read_schema(path)
     except Exception as exc:
         raise UsageError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    raw = (table.schema.metadata or {}).get(b"embedkit")
-    if raw is not None and not (vector_column or id_column or label_columns):
-        return _load_own(path, table, json.loads(raw))
+    if b"embedkit" in (schema.metadata or {}) and not (vector_column or id_column
+                                                        or label_columns):
+        return _load_own(path)
+    table = pq.read_table(path)
     vectors = _vector_column(path, table, vector_column)
     n = len(vectors)
     if id_column is not None or "id" in table.column_names:
@@ -229,18 +205,59 @@ def _load_parquet(path: Path, vector_column, id_column, label_columns) -> Embedd
     return EmbeddingSet(ident, vectors, labels, {"source": str(path)})
 
 
-def _load_own(path: Path, table, raw: dict) -> EmbeddingSet:
-    from .store import column_vectors
+def _load_own(path: Path) -> "SavedSet":
+    import pyarrow.parquet as pq
 
     try:
-        vectors = column_vectors(table.column("vector"))
-        labels = {name: np.asarray(table.column(f"label:{name}").to_pylist(), dtype=object)
-                  for name in raw.get("labels", [])}
-        ident = table.column("id").to_pylist()
+        f = pq.ParquetFile(path)
+        header = json.loads(f.schema_arrow.metadata[b"embedkit"])
+        header.update(rows=f.metadata.num_rows,
+                      dim=f.schema_arrow.field("vector").type.list_size)
     except Exception as exc:
         raise UsageError(f"{path}: a damaged embedkit embeddings file ({type(exc).__name__}); "
                          "recreate it with: embedkit extract DATASET -o FILE.parquet") from None
-    return EmbeddingSet(ident, vectors, labels, raw.get("meta", {}))
+    return SavedSet(header, [path])
+
+
+class SavedSet(EmbeddingSet):
+    """An EmbeddingSet backed by what embedkit wrote: its size, dimension and meta come from
+    the header at once; ids, vectors and label columns are read on first use (Parquet row group
+    by row group into one array, `embedding_files.read_parquet_set`; .npy memory-mapped), so a
+    command that only counts or streams never loads the set, and one that uses it loads it
+    once."""
+
+    def __init__(self, header: dict, files: list[Path]):
+        self._header, self._files, self._data = header, [Path(f) for f in files], None
+        self.meta = dict(header.get("meta", {}))
+        self.summary = None
+
+    def _load(self):
+        if self._data is None:
+            from .embedding_files import read_saved
+
+            try:
+                ids, vectors, labels = read_saved(self._files, self._header.get("labels", []))
+            except Exception as exc:
+                raise UsageError(f"{self._files[0]}: a damaged embedkit embeddings file "
+                                 f"({type(exc).__name__}); recreate it with: embedkit extract "
+                                 "DATASET -o FILE.parquet") from None
+            self._data = EmbeddingSet(ids, vectors, labels, self.meta)
+        return self._data
+
+    ids = property(lambda self: self._load().ids)
+    vectors = property(lambda self: self._load().vectors)
+    label_columns = property(lambda self: self._load().label_columns)
+
+    def __len__(self):
+        return int(self._header["rows"])
+
+    @property
+    def dim(self) -> int:
+        return int(self._header["dim"] or 0)
+
+    def __repr__(self):
+        return (f"EmbeddingSet({len(self)} x {self.dim}, model={self.meta.get('model')!r}, "
+                f"labels={self._header.get('labels', [])}, files={len(self._files)})")
 
 
 def _vector_column(path: Path, table, name: str | None) -> np.ndarray:
@@ -318,7 +335,16 @@ def _load_numpy(path: Path, name: str | None, ids_file) -> EmbeddingSet:
             np.issubdtype(vectors.dtype, np.complexfloating):
         raise UsageError(f"{path}: vectors must be a 2-D array of numbers [n, d]; found "
                          f"{vectors.dtype} of shape {vectors.shape}")
-    if ids_file is not None:
+    from .embedding_files import ids_sidecar, read_sidecar
+
+    if ids_file is None and ids_sidecar(path).is_file():  # written beside it by embedkit
+        ids_file = ids_sidecar(path)
+    if ids_file is not None and str(ids_file).lower().endswith(".csv"):
+        if not Path(ids_file).is_file():
+            raise NotFoundError(f"{ids_file}: no such ids file")
+        ident, sidecar_labels = read_sidecar(Path(ids_file))
+        labels.update(sidecar_labels)
+    elif ids_file is not None:
         ident = _read_ids(Path(ids_file))
     if ident is None:
         ident = [str(i) for i in range(len(vectors))]
@@ -338,5 +364,10 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def is_embeddings_file(spec) -> bool:
-    return isinstance(spec, (str, os.PathLike)) and \
-        str(spec).lower().endswith(LOAD_SUFFIXES) and os.path.isfile(spec)
+    """A saved set: a .parquet / .npy / .npz file, or a folder of parts written by embedkit."""
+    from .embedding_files import is_parts_folder
+
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    return (str(spec).lower().endswith(LOAD_SUFFIXES) and os.path.isfile(spec)) or \
+        is_parts_folder(spec)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backbone import Backbone
-from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
+from .embedding_files import EmbeddingsWriter
+from .embeddings import EmbeddingSet, check_output_suffix, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
 from .files import available_cores, display_name
 from .options import DECODES, PRECISIONS, RUNTIMES, at_least
@@ -156,12 +157,13 @@ def _progress(total: int, enabled: bool | None, unit: str):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def content_keys(dataset: Dataset, store: Store) -> tuple[list[str | None], list[tuple[str, str]]]:
+def content_keys(items: list[Item], store: Store
+                 ) -> tuple[list[str | None], list[tuple[str, str]]]:
     """sha256 per item (None where unusable) and the (id, reason) of the unusable items: of the
     normalised text, of an in-memory image's RGB pixels with their shape (`pixels_sha256`), of
     in-memory bytes, or of a file's bytes (through the store's file-identity
     cache, so an unchanged file is checked with stat, not re-read)."""
-    usable = [it for it in dataset.items if it.error is None]
+    usable = [it for it in items if it.error is None]
     files = store.file_hashes([it.path for it in usable if it.text is None and it.data is None
                                and it.image is None and it.path is not None])
     hashes = {}
@@ -175,7 +177,7 @@ def content_keys(dataset: Dataset, store: Store) -> tuple[list[str | None], list
         else:
             hashes[id(it)] = files.get(it.path)
     keys, bad = [], []
-    for it in dataset.items:
+    for it in items:
         h = hashes.get(id(it))
         if isinstance(h, str):
             keys.append(h)
@@ -195,7 +197,8 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             workers: int | None = None, progress: bool | None = None, strict: bool = False,
             label: str | None = None, within: str | None = None, runtime: str = "torch",
             compile: bool = False, decode: str = "auto",
-            backbone_options: dict | None = None) -> EmbeddingSet:
+            backbone_options: dict | None = None, output=None, parts: int | None = None,
+            chunk_size: int = 8192, cached_only: bool = False) -> EmbeddingSet:
     """Embed a dataset through the cache: only items missing from it are computed.
 
     Args:
@@ -220,12 +223,21 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             (docs/performance.md).
         compile: torch.compile the model (GPU path).
         decode: "auto" (JPEGs decoded on the device on CUDA), "cpu" or "device".
+        output: also write the set as it streams: a .parquet / .npy / .csv file, or a folder
+            of Parquet parts (a path ending in /; `parts` sets their number).  The run then
+            holds one chunk in memory, whatever the dataset's size (docs/scaling.md).
+        chunk_size: items hashed, looked up, computed and written at a time.
+        cached_only: compute nothing: items missing from the cache are skipped (`export`).
 
     Returns:
-        An EmbeddingSet in dataset order (skipped items left out); its `summary` tells what
-        came from the cache, what was computed and what was skipped, and why.
+        An EmbeddingSet in dataset order (skipped items left out; read back from `output`
+        when given); its `summary` tells what came from the cache, what was computed and what
+        was skipped, and why.
     """
     started = time.perf_counter()
+    if output is not None:
+        check_output_suffix(output, parts)
+    at_least("--chunk-size", chunk_size, 1)
     ds = open_dataset(dataset, label=label, within=within)
     if isinstance(model, Backbone):
         if backbone_options:
@@ -252,49 +264,136 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         fingerprint = device_fingerprint(backbone)
     else:
         fingerprint = backbone.fingerprint()
-    fast = {"on_device": on_device, "compile": compile}
-
-    keys, skipped = content_keys(ds, store)
-    found = store.get_many(fingerprint, [k for k in keys if k])
-    todo: dict[str, Item] = {}
-    for item, key in zip(ds.items, keys):
-        if key and key not in found and key not in todo:
-            todo[key] = item
-    summary = Summary(items=len(ds), device=dev, notes=list(ds.notes))
-    summary.cache_hits = sum(1 for k in keys if k and k in found)
-    if skipped and strict:
-        raise BadInputError(f"{skipped[0][1]} (--strict stops at the first bad item)")
-
-    if todo:
-        if not backbone.source.obtainable:
-            raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
-                                     f"{backbone.source.hint}")
-        computing = time.perf_counter()
-        computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,
-                                 workers, progress, strict, dev, **fast)
-        summary.compute_seconds = time.perf_counter() - computing
-        found.update(computed)
-        reasons = dict(bad)  # content key -> why it failed; every item with that content skips
-        skipped += [(it.id, reasons[key]) for it, key in zip(ds.items, keys) if key in reasons]
-        summary.computed = sum(1 for k in keys if k in computed)
-
-    rows = [i for i, k in enumerate(keys) if k and k in found]
-    if not rows:
-        raise BadInputError(f"{ds.root}: no item could be embedded ({len(skipped)} skipped); "
-                            f"first problem: {skipped[0][1] if skipped else 'empty dataset'}")
-    summary.skipped = skipped
-    summary.notes.extend(backbone.report())
-    summary.seconds = time.perf_counter() - started
-    labels = {name: np.asarray([ds.items[i].labels.get(name) for i in rows], dtype=object)
-              for name in ds.label_names}
     meta = {"model": backbone.name, "fingerprint": fingerprint, "modality": ds.modality,
             "layer": backbone.layer, "pool": backbone.pool, "normalize": bool(backbone.normalize),
             "dataset": ds.root if ds.root == "<in-memory>" else os.path.abspath(ds.root),
             "backbone": backbone.creation}
-    result = EmbeddingSet([ds.items[i].id for i in rows],
-                          np.stack([found[keys[i]] for i in rows]), labels, meta)
+    summary = Summary(items=len(ds), device=dev, notes=list(ds.notes))
+    run = _Run(backbone, store, fingerprint, summary, strict=strict, batch_size=batch_size,
+               workers=workers, device=dev, on_device=on_device, compile=compile,
+               cached_only=cached_only)
+    sink = (_InMemory(meta, ds.label_names) if output is None else
+            EmbeddingsWriter(output, meta, ds.label_names, parts=parts, expected_rows=len(ds)))
+    bar = _progress(len(ds), progress, "img" if ds.modality == "image" else "text")
+    try:
+        with sink:
+            for chunk in _chunks(ds.items, chunk_size):
+                rows, vectors = run.chunk(chunk, bar)
+                sink.add([it.id for it in rows], vectors,
+                         {name: [it.labels.get(name) for it in rows] for name in ds.label_names})
+            if not sink.rows:
+                skipped = summary.skipped
+                raise BadInputError(f"{ds.root}: no item could be embedded ({len(skipped)} "
+                                    "skipped); first problem: "
+                                    f"{skipped[0][1] if skipped else 'empty dataset'}")
+    finally:
+        bar.close()
+    summary.notes.extend(backbone.report())
+    summary.seconds = time.perf_counter() - started
+    result = sink.result() if output is None else sink.saved()
     result.summary = summary
     return result
+
+
+#: Items hashed, looked up, computed and handed on at a time: what bounds extraction's memory.
+CHUNK_SIZE = 8192
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _InMemory:
+    """Collects the chunks of an extraction into one EmbeddingSet (no output file)."""
+
+    def __init__(self, meta: dict, label_names: list[str]):
+        self.meta, self.label_names = meta, label_names
+        self.ids, self.vectors, self.labels = [], [], {name: [] for name in label_names}
+        self.rows = 0
+
+    def add(self, ids, vectors, labels):
+        if ids:
+            self.ids += ids
+            self.vectors.append(vectors)
+            for name in self.label_names:
+                self.labels[name] += labels[name]
+            self.rows += len(ids)
+
+    def result(self) -> EmbeddingSet:
+        vectors = self.vectors[0] if len(self.vectors) == 1 else np.concatenate(self.vectors)
+        return EmbeddingSet(self.ids, vectors, {name: np.asarray(v, dtype=object)
+                                                for name, v in self.labels.items()}, self.meta)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@dataclass
+class _Run:
+    """One extraction, a chunk at a time: hash the chunk's items, look them up, compute the
+    missing ones into the store, and hand back its embedded items in order with their vectors.
+    Nothing of one chunk is kept for the next but the summary."""
+
+    backbone: Backbone
+    store: Store
+    fingerprint: str
+    summary: Summary
+    strict: bool
+    batch_size: int
+    workers: int | None
+    device: str
+    on_device: bool
+    compile: bool
+    cached_only: bool
+
+    def chunk(self, items: list[Item], bar) -> tuple[list[Item], np.ndarray | None]:
+        summary = self.summary
+        keys, skipped = content_keys(items, self.store)
+        if skipped and self.strict:
+            raise BadInputError(f"{skipped[0][1]} (--strict stops at the first bad item)")
+        summary.skipped += skipped
+        found = self.store.get_many(self.fingerprint, [k for k in keys if k])
+        todo: dict[str, Item] = {}
+        for item, key in zip(items, keys):
+            if key and key not in found and key not in todo:
+                todo[key] = item
+        hits = sum(1 for k in keys if k and k in found)
+        summary.cache_hits += hits
+        bar.update(hits + len(skipped))
+        if todo and self.cached_only:
+            summary.skipped += [(it.id, f"{it.name}: not in the cache under "
+                                 f"{self.backbone.name}; compute it with embedkit extract")
+                                for it, k in zip(items, keys) if k in todo]
+            bar.update(sum(1 for k in keys if k in todo))
+        elif todo:
+            backbone = self.backbone
+            if not backbone.source.obtainable:
+                raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
+                                         f"{backbone.source.hint}")
+            computing = time.perf_counter()
+            computed, bad = _compute(backbone, list(todo.items()), self.store, self.fingerprint,
+                                     self.batch_size, self.workers, bar, self.strict,
+                                     self.device, self.on_device, self.compile)
+            summary.compute_seconds += time.perf_counter() - computing
+            found.update(computed)
+            reasons = dict(bad)  # content key -> why it failed; every item with it skips
+            summary.skipped += [(it.id, reasons[k]) for it, k in zip(items, keys)
+                                if k in reasons]
+            summary.computed += sum(1 for k in keys if k in computed)
+            bar.update(sum(1 for k in keys if k in todo) - len(todo))  # duplicates
+        rows = [i for i, k in enumerate(keys) if k and k in found]
+        vectors = np.stack([found[keys[i]] for i in rows]) if rows else None
+        return [items[i] for i in rows], vectors
 
 
 def encode(items, model: str | Backbone | None = None, batch_size: int = 32,
@@ -332,7 +431,7 @@ def _choose_path(backbone, ds: Dataset, dev: str, precision: str, runtime: str, 
         backbone = with_runtime(backbone, runtime, store.root)
     in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
     backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
-    in_memory = any(it.image is not None for it in ds.items)  # decoded already
+    in_memory = ds.modality == "image" and any(it.image is not None for it in ds.items)
     if in_memory and decode == "device":
         raise UsageError("decode='device' decodes image files; in-memory images are decoded "
                          "already (use decode='auto' or 'cpu')")
@@ -390,36 +489,31 @@ def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, co
         yield indices, vectors, errors
 
 
-def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, strict, device,
+def _compute(backbone, todo, store, fingerprint, batch_size, workers, bar, strict, device,
              on_device=False, compile=False):
     batches = _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile)
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
-    unit = "img" if backbone.modality == "image" else "text"
     desc = {**backbone.describe(), "rebuild": backbone.creation,
             "precision": backbone.precision}
-    bar = _progress(len(todo), progress, unit)
-    try:
-        with store.writer(fingerprint, desc) as writer:
-            for indices, vectors, errors in batches:
-                for i, err in errors:
-                    bad.append((todo[i][0], err))
-                    if strict:
-                        raise BadInputError(f"{err} (--strict stops at the first bad item)")
-                if indices:
-                    finite = np.isfinite(vectors).all(axis=1)
-                    for i in np.flatnonzero(~finite):
-                        bad.append((todo[indices[i]][0], "the model produced NaN/inf values"))
-                    keep = [j for j in range(len(indices)) if finite[j]]
-                    keys = [todo[indices[j]][0] for j in keep]
-                    items = [todo[indices[j]][1] for j in keep]
-                    writer.add(keys, [it.id for it in items], vectors[keep],
-                               [it.text if it.text is not None else
-                                display_name(it.path) if it.path else None for it in items])
-                    computed.update(zip(keys, vectors[keep]))
-                bar.update(len(indices) + len(errors))
-    finally:
-        bar.close()
+    with store.writer(fingerprint, desc) as writer:
+        for indices, vectors, errors in batches:
+            for i, err in errors:
+                bad.append((todo[i][0], err))
+                if strict:
+                    raise BadInputError(f"{err} (--strict stops at the first bad item)")
+            if indices:
+                finite = np.isfinite(vectors).all(axis=1)
+                for i in np.flatnonzero(~finite):
+                    bad.append((todo[indices[i]][0], "the model produced NaN/inf values"))
+                keep = [j for j in range(len(indices)) if finite[j]]
+                keys = [todo[indices[j]][0] for j in keep]
+                items = [todo[indices[j]][1] for j in keep]
+                writer.add(keys, [it.id for it in items], vectors[keep],
+                           [it.text if it.text is not None else
+                            display_name(it.path) if it.path else None for it in items])
+                computed.update(zip(keys, vectors[keep]))
+            bar.update(len(indices) + len(errors))
     return computed, bad
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import os
 import sys
 import unicodedata
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ class Item:
 class Dataset:
     root: str
     modality: str
-    items: list[Item]
+    items: Sequence[Item]  # a list, or TextLines streamed from a large .txt file
     label_names: list[str] = field(default_factory=list)  # label columns, primary first
     notes: list[str] = field(default_factory=list)  # reading notes (e.g. invalid UTF-8 bytes)
 
@@ -305,13 +307,74 @@ def _from_folder(root: Path, label: str | None = None, within: str | None = None
     return Dataset(str(root), modality, items, ["label"] if labelled else [], notes)
 
 
+class TextLines(Sequence):
+    """The non-empty lines of a .txt file as Items, streamed from the file instead of held:
+    a file of a million lines costs no more memory than one of a thousand.  Opening it reads
+    the file once, to count the lines and find bytes that are not UTF-8 (the one text policy of
+    `read_text`: a byte-order mark dropped, bad bytes replaced by U+FFFD); iterating reads it
+    again.  Lines end at \\n, \\r\\n or \\r, and an item's id is its line number, as an editor
+    shows it.  Indexing works (by reading up to that line), for small files and tests."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, path: Path):
+        self.path = path
+        count = bad = 0
+        for _, line, replaced in self._lines():
+            count += 1
+            bad += replaced
+        self._count, self.bad_lines = count, bad
+
+    def _lines(self):
+        """(line number, text, whether bytes were replaced) of each non-empty line."""
+        lineno, carry = 0, b""
+        with open(self.path, "rb") as f:
+            while True:
+                block = f.read(self.BLOCK)
+                data = carry + block
+                lines = data.splitlines(keepends=True)
+                # an unfinished last line (or a \r that a \n may follow) waits for more
+                carry = lines.pop() if block and lines and \
+                    not lines[-1].endswith(b"\n") else b""
+                for raw in lines:
+                    lineno += 1
+                    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                        raw = raw[3:]
+                    try:
+                        text, replaced = raw.decode("utf-8"), False
+                    except UnicodeDecodeError:
+                        text, replaced = raw.decode("utf-8", errors="replace"), True
+                    text = text.rstrip("\r\n")
+                    if text.strip():
+                        yield lineno, text, replaced
+                if not block:
+                    return
+
+    def __len__(self):
+        return self._count
+
+    def __iter__(self):
+        for lineno, text, _ in self._lines():
+            yield Item(str(lineno), text=text)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [it for it in itertools.islice(iter(self), *i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return next(itertools.islice(iter(self), i, None))
+
+
 def _from_text_lines(path: Path) -> Dataset:
-    text, note = read_text(path)
-    items = [Item(str(lineno), text=line)
-             for lineno, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not items:
+    lines = TextLines(path)
+    if not len(lines):
         raise BadInputError(f"{path}: the file has no non-empty lines")
-    return Dataset(str(path.parent), "text", items, notes=[note] if note else [])
+    bad = lines.bad_lines
+    note = (f"{display_name(str(path))}: {bad} line{'s' if bad != 1 else ''} had bytes that are "
+            "not UTF-8 (replaced by U+FFFD)") if bad else None
+    return Dataset(str(path.parent), "text", lines, notes=[note] if note else [])
 
 
 def open_dataset(spec, label: str | None = None, within: str | None = None) -> Dataset:

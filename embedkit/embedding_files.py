@@ -1,0 +1,294 @@
+"""Embeddings written and read a chunk at a time, so a set of any size costs one chunk of memory
+to write and itself once to read.
+
+Outputs (`EmbeddingsWriter`):
+- `.parquet`: one file, a row group per chunk; the meta and label names in its schema metadata.
+- a folder (`out/`, or any path with `parts`): Parquet parts `part-00000.parquet`, ... in that
+  same schema, plus `_embedkit.json` (meta, parts, rows).  DuckDB, pandas, Spark and Ray read the
+  parts directly (`out/*.parquet`).
+- `.npy`: the vectors, with the ids and label columns in a sidecar `NAME.ids.csv` beside it.
+- `.csv`: one row per item: id, labels, v0..v{d-1}.
+Every output is written under a temporary name and renamed when complete, so a run that fails
+leaves the previous output (or none), never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .files import atomic_write
+
+__all__ = ["PARTS_MARKER", "EmbeddingsWriter", "ids_sidecar", "is_parts_folder", "output_kind",
+           "read_parquet_set", "read_saved", "read_sidecar"]
+
+PARTS_MARKER = "_embedkit.json"  # "_": skipped by Arrow, pandas and Spark readers
+FILE_SUFFIXES = (".parquet", ".npy", ".csv")
+#: Rows per part of a folder output when the number of parts is not given.
+PART_ROWS = 100_000
+
+
+def output_kind(path, parts: int | None = None) -> str:
+    """"parts" for a folder, else the file suffix; checked before any work is done."""
+    text = os.fspath(path)
+    suffix = Path(text).suffix.lower()
+    folder = text.endswith(("/", os.sep)) or Path(text).is_dir() or not suffix
+    if parts is not None:
+        if parts < 1:
+            raise UsageError(f"--parts {parts}: give at least 1")
+        if not folder:
+            raise UsageError(f"{text}: --parts writes a folder of Parquet parts; give a folder "
+                             "(e.g. -o out/)")
+    if folder:
+        if Path(text).is_file():
+            raise UsageError(f"{text}: a file is in the way of the output folder")
+        return "parts"
+    if suffix not in FILE_SUFFIXES:
+        raise UsageError(f"{text}: save embeddings as .parquet, .npy or .csv, or as a folder "
+                         "of Parquet parts (a path ending in /)")
+    return suffix
+
+
+def ids_sidecar(path) -> Path:
+    """Where the ids and labels of a .npy output go: `NAME.ids.csv` beside `NAME.npy`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.ids.csv")
+
+
+def is_parts_folder(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / PARTS_MARKER).is_file()
+
+
+class EmbeddingsWriter:
+    """Streams (ids, vectors, label columns) chunks into one of the outputs above.
+
+    Use as a context manager: the output appears, complete, when the block ends without an
+    exception; on an exception everything written so far is removed.
+    """
+
+    def __init__(self, path, meta: dict, label_names: list[str], parts: int | None = None,
+                 expected_rows: int | None = None):
+        self.kind = output_kind(path, parts)
+        self.path = Path(path)
+        self.meta, self.label_names = meta, list(label_names)
+        self.rows, self.dim = 0, None
+        self._part_rows = PART_ROWS if parts is None else \
+            max(1, -(-(expected_rows or 0) // parts))
+        self._tmp = self.path.parent / f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex}"
+        self._out = None  # the open file / Parquet writer
+        self._parts: list[str] = []
+        self._in_part = 0
+        if self.kind == "parts":
+            self._tmp.mkdir(parents=True)
+        else:
+            self._tmp.parent.mkdir(parents=True, exist_ok=True)
+
+    # -- writing -------------------------------------------------------------------------
+    def add(self, ids, vectors: np.ndarray, labels: dict[str, list] | None = None):
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not len(ids):
+            return
+        if self.dim is None:
+            self.dim = vectors.shape[1]
+        labels = {name: list((labels or {}).get(name, [None] * len(ids)))
+                  for name in self.label_names}
+        if self.kind == "parts":
+            start = 0
+            while start < len(ids):
+                if self._out is None or self._in_part >= self._part_rows:
+                    self._next_part()
+                stop = start + min(len(ids) - start, self._part_rows - self._in_part)
+                self._out.write_table(self._table(ids[start:stop], vectors[start:stop],
+                                                  {k: v[start:stop] for k, v in labels.items()}))
+                self._in_part += stop - start
+                start = stop
+        elif self.kind == ".parquet":
+            table = self._table(ids, vectors, labels)
+            if self._out is None:
+                import pyarrow.parquet as pq
+
+                self._out = pq.ParquetWriter(self._tmp, table.schema)
+            self._out.write_table(table)
+        elif self.kind == ".npy":
+            if self._out is None:
+                self._out = (open(self._tmp, "wb"), open(f"{self._tmp}.ids", "w", newline=""))
+                csv.writer(self._out[1]).writerow(["id", *self.label_names])
+            self._out[0].write(vectors.tobytes())
+            csv.writer(self._out[1]).writerows(
+                zip(ids, *(_cells(labels[k]) for k in self.label_names)))
+        else:  # .csv
+            if self._out is None:
+                self._out = open(self._tmp, "w", newline="")
+                csv.writer(self._out).writerow(
+                    ["id", *self.label_names, *(f"v{i}" for i in range(self.dim))])
+            w = csv.writer(self._out)
+            for i, ident in enumerate(ids):
+                w.writerow([ident, *(labels[k][i] for k in self.label_names),
+                            *(f"{x:.7g}" for x in vectors[i])])
+        self.rows += len(ids)
+
+    def _table(self, ids, vectors, labels):
+        import pyarrow as pa
+
+        from .store import vector_column
+
+        columns = {"id": pa.array([str(i) for i in ids], type=pa.string()),
+                   "vector": vector_column(vectors)}
+        for name in self.label_names:
+            columns[f"label:{name}"] = pa.array(_cells(labels[name]), type=pa.string())
+        return pa.table(columns).replace_schema_metadata(
+            {b"embedkit": json.dumps({"meta": self.meta, "labels": self.label_names},
+                                     default=str).encode()})
+
+    def _next_part(self):
+        import pyarrow.parquet as pq
+
+        if self._out is not None:
+            self._out.close()
+        name = f"part-{len(self._parts):05d}.parquet"
+        self._parts.append(name)
+        schema = self._table([], np.zeros((0, self.dim), np.float32),
+                             {k: [] for k in self.label_names}).schema
+        self._out = pq.ParquetWriter(self._tmp / name, schema)
+        self._in_part = 0
+
+    # -- finishing -----------------------------------------------------------------------
+    def _close_files(self):
+        out, self._out = self._out, None
+        for f in (out if isinstance(out, tuple) else (out,)):
+            if f is not None:
+                f.close()
+
+    def saved(self):
+        """The committed output as a SavedSet (nothing read until it is used)."""
+        from .embeddings import SavedSet
+
+        header = {"meta": self.meta, "labels": self.label_names, "rows": self.rows,
+                  "dim": self.dim}
+        files = [self.path / name for name in self._parts] if self.kind == "parts" else \
+            [self.path]
+        return SavedSet(header, files)
+
+    def commit(self) -> Path:
+        self._close_files()
+        if self.kind == "parts":
+            (self._tmp / PARTS_MARKER).write_text(json.dumps(
+                {"meta": self.meta, "labels": self.label_names, "parts": self._parts,
+                 "rows": self.rows, "dim": self.dim}, default=str, indent=1))
+            if self.path.is_dir():
+                if not (is_parts_folder(self.path) or not any(self.path.iterdir())):
+                    raise UsageError(f"{self.path}: a folder that is not embedkit's output is "
+                                     "in the way; give a new or empty folder")
+                shutil.rmtree(self.path)
+            os.replace(self._tmp, self.path)
+        elif self.kind == ".npy":
+            self._finish_npy()
+        else:
+            if self.kind == ".parquet" and self.rows == 0:
+                raise UsageError(f"{self.path}: nothing to save")
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def _finish_npy(self):
+        """The .npy header goes in front of the raw rows once their number is known."""
+        raw = Path(self._tmp)
+
+        def write(tmp):
+            with open(tmp, "wb") as out, open(raw, "rb") as f:
+                np.lib.format.write_array_header_1_0(out, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                    "fortran_order": False, "shape": (self.rows, self.dim or 0)})
+                shutil.copyfileobj(f, out, 1 << 20)
+
+        atomic_write(ids_sidecar(self.path), Path(f"{raw}.ids").read_bytes())
+        atomic_write(self.path, write)
+        for p in (raw, Path(f"{raw}.ids")):
+            p.unlink(missing_ok=True)
+
+    def abort(self):
+        self._close_files()
+        if self._tmp.is_dir():
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        for p in (self._tmp, Path(f"{self._tmp}.ids")):
+            p.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _cells(values) -> list:
+    return [None if v is None else str(v) for v in values]
+
+
+# -- reading --------------------------------------------------------------------------------
+def read_parquet_set(files: list[Path]):
+    """(ids, float32 [n, d] vectors, label columns, embedkit header) of embedkit Parquet files
+    read row group by row group into one preallocated array: the set is held once, never as an
+    Arrow table and a NumPy copy at the same time.  Files are memory-mapped while read."""
+    import pyarrow.parquet as pq
+
+    from .store import column_vectors
+
+    opened = [pq.ParquetFile(f, memory_map=True) for f in files]
+    raw = (opened[0].schema_arrow.metadata or {}).get(b"embedkit") if opened else None
+    header = json.loads(raw) if raw else None
+    n = sum(f.metadata.num_rows for f in opened)
+    dim = opened[0].schema_arrow.field("vector").type.list_size if opened else 0
+    vectors = np.empty((n, dim), dtype=np.float32)
+    ids: list[str] = []
+    names = (header or {}).get("labels", [])
+    labels: dict[str, list] = {name: [] for name in names}
+    at = 0
+    for f in opened:
+        for g in range(f.num_row_groups):
+            group = f.read_row_group(g)
+            rows = group.num_rows
+            vectors[at:at + rows] = column_vectors(group.column("vector"))
+            ids += group.column("id").to_pylist()
+            for name in names:
+                labels[name] += group.column(f"label:{name}").to_pylist()
+            at += rows
+    return ids, vectors, labels, header
+
+
+def read_saved(files: list[Path], label_names: list[str]):
+    """(ids, vectors, label columns) of any output above."""
+    suffix = files[0].suffix.lower()
+    if suffix == ".parquet":
+        return read_parquet_set(files)[:3]
+    if suffix == ".npy":
+        ids, labels = read_sidecar(ids_sidecar(files[0]))
+        return ids, np.load(files[0], mmap_mode="r", allow_pickle=False), labels
+    with open(files[0], newline="", encoding="utf-8") as f:  # .csv: id, labels, v0...
+        reader = csv.reader(f)
+        next(reader)
+        rows = list(reader)
+    k = len(label_names)
+    labels = {name: [r[1 + j] or None for r in rows] for j, name in enumerate(label_names)}
+    vectors = np.asarray([r[1 + k:] for r in rows], dtype=np.float32)
+    return [r[0] for r in rows], vectors, labels
+
+
+def read_sidecar(path: Path) -> tuple[list[str], dict[str, list]]:
+    """The ids and label columns of a `NAME.ids.csv` sidecar (empty cells are None)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or not rows[0] or rows[0][0] != "id":
+        raise UsageError(f"{path}: an ids file of .npy vectors starts with an 'id' header")
+    header, body = rows[0], rows[1:]
+    labels = {name: [r[j] if j < len(r) and r[j] != "" else None for r in body]
+              for j, name in enumerate(header[1:], 1)}
+    return [r[0] if r else "" for r in body], labels
