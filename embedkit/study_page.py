@@ -476,6 +476,7 @@ _JS = """
   map.addEventListener('focusin', show);
   map.addEventListener('mouseout', hide);
   map.addEventListener('focusout', hide);
+  document.body.setAttribute('data-ready', '1');
 })();
 """
 
