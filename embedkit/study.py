@@ -297,6 +297,9 @@ def _warnings(truth, ranking, quoted, evaluation, advice) -> list[str]:
                    " have overlapping probe accuracy intervals; the data cannot order them, so "
                    f"the pick is the cheapest to run ({quoted['pick']['candidate']})")
     first = ranking.validation[0] if ranking.validation else None
+    if first is not None and first["candidates"] == 2:
+        out.append("ranking validation over 2 candidates: Kendall tau can only be +1 or -1 "
+                   "there; give 3 or more candidates (--models) for it to say something")
     if first is not None and first["candidates"] >= 2:
         tau = first["kendall_tau"]
         if tau is None or (isinstance(tau, float) and math.isnan(tau)):

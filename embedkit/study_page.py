@@ -150,7 +150,7 @@ def _ranking_svg(rows, metric: str) -> str:
 def _scatter_svg(points, x_title: str, y_title: str) -> str:
     """Score (x) against measured accuracy (y), one labelled point per candidate; the axes are
     marked with the smallest and largest values they show."""
-    size, pad = 360, 50
+    size, pad = 300, 50
     xs = [p[1] for p in points]
     ys = [p[2] for p in points]
 
@@ -200,7 +200,7 @@ def _map_svg(points, colours) -> str:
         cx = pad + (size - 2 * pad) * scale(p["x"], min(xs), max(xs))
         cy = size - pad - (size - 2 * pad) * scale(p["y"], min(ys), max(ys))
         wrong = p["predicted"] != p["label"]
-        ring = ' stroke="#000" stroke-width="2.5"' if wrong else ' stroke="#fff" stroke-width="1"'
+        ring = ' stroke="#000" stroke-width="2.5"' if wrong else ' stroke="#333" stroke-width="0.6"'
         out.append(f'<circle class="point" data-i="{i}" tabindex="0" cx="{cx:.1f}" '
                    f'cy="{cy:.1f}" r="{7 if wrong else 6}" fill="{colours[p["label"]]}"{ring}>'
                    f'<title>{esc(p["id"])}: {esc(p["label"])}'
@@ -233,7 +233,8 @@ def _verdict(s: dict) -> str:
                  + (f" (the cheapest of the {len(v['tied'])} tied candidates)."
                     if len(v["tied"]) > 1 else " (ranked first)."))
     if v["transfer"]:
-        parts.append(f"How: <b>{esc(v['transfer'])}</b>: {esc(v['strategy'])}.")
+        parts.append(f"How: <b>{esc(v['transfer'])}</b> (the rule of thumb for this size and "
+                     f"similarity: {esc(v['strategy'])}).")
     else:
         parts.append("How: unknown: the rule of thumb needs a source (give --sources).")
     parts.append(f"Expected accuracy: <b class='acc'>{number(v['accuracy'])}</b> "
@@ -392,9 +393,11 @@ def _confused(s: dict, thumbs: list) -> str:
         cards = "".join(
             f'<figure class="thumb">{_thumb_html(thumbs[index[i]], s["map"]["points"][index[i]])}'
             f"<figcaption>{esc(i)}</figcaption></figure>" for i in c["ids"])
-        blocks.append(f"<h3>true {esc(c['true'])} → predicted {esc(c['predicted'])}: "
-                      f"{c['count']} item(s)</h3><div class='thumbs'>{cards}</div>")
-    body = "".join(blocks) or "<p>No item was misclassified out of fold.</p>"
+        blocks.append(f"<div class='confusion'><h3>true {esc(c['true'])} → predicted "
+                      f"{esc(c['predicted'])}: {c['count']} item(s)</h3>"
+                      f"<div class='thumbs'>{cards}</div></div>")
+    body = (f"<div class='confusions'>{''.join(blocks)}</div>" if blocks
+            else "<p>No item was misclassified out of fold.</p>")
     return (f'<section id="confused"><h2>Most confused images</h2><p>The misclassified items '
             f"of the out-of-fold predictions, the most frequent confusions first.</p>{body}"
             "</section>")
@@ -436,6 +439,7 @@ svg text{font:12px system-ui,sans-serif}svg text.small{font-size:11px}svg .axis{
 .legend{display:flex;flex-wrap:wrap;gap:12px;margin:6px 0}.key{display:inline-flex;
 align-items:center;gap:4px}.swatch{width:12px;height:12px;border-radius:50%;display:inline-block}
 .swatch.ring{border:2.5px solid #000;width:8px;height:8px}
+.confusions{display:flex;flex-wrap:wrap;gap:8px 28px}.confusion h3{font-size:1em}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{margin:0;text-align:center}
 .thumb img{image-rendering:pixelated;border:1px solid #999}.thumb figcaption{font-size:.75em}
 .tip{position:absolute;background:#fff;border:1px solid #333;padding:6px;font-size:.85em;

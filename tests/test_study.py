@@ -65,10 +65,10 @@ def test_honest_evaluation_is_sklearn_nested_cross_validation():
 def test_honest_evaluation_shrinks_its_folds_to_the_smallest_class_and_refuses_two():
     from embedkit.study import honest_evaluation
 
-    out = honest_evaluation(digits_pixels(per_class=3), "logreg", cv=5)
+    out = honest_evaluation(digits_pixels(per_class=3), "ridge", cv=5)
     assert out["outer_folds"] == 3 and out["inner_folds"] == 2
     with pytest.raises(UsageError, match="at least 3 per class"):
-        honest_evaluation(digits_pixels(per_class=2), "logreg")
+        honest_evaluation(digits_pixels(per_class=2), "ridge")
 
 
 def test_most_confused_orders_by_frequency_and_caps_the_items():
@@ -97,8 +97,9 @@ def test_sources_and_models_take_several_values_each():
 
 # -- one real study, shared by the tests below --------------------------------------------------
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """The CLI's study of 25 real digits 5-9 against two bundled sources, its JSON output,
+def report(tmp_path_factory, digits_small):
+    """The CLI's study of 20 real digits 5-9 (4 per class, shared with the ranking tests, so
+    their vectors are often cached already) against two bundled sources: its JSON output,
     study.json and index.html."""
     from click.testing import CliRunner
 
@@ -106,34 +107,34 @@ def report(tmp_path_factory):
     from embedkit.cli.main import cli
 
     root = tmp_path_factory.mktemp("study")
-    target = samples.export("digits-target", root / "digits-target", per_class=5)
-    source = samples.export("digits-source", root / "digits-source", per_class=4)
-    animals = samples.export("animal-shape", root / "animal-shape", per_class=2)
+    source = samples.export("digits-source", root / "digits-source", per_class=2)
+    animals = samples.export("animal-shape", root / "animal-shape", per_class=1)
     out = root / "report"
-    result = CliRunner().invoke(cli, ["study", str(target), "--sources", str(source),
-                                      str(animals), "--budget", "5", "-o", str(out), "--json",
-                                      "--quiet"])
+    result = CliRunner().invoke(cli, [
+        "study", str(digits_small), "--sources", str(source), str(animals),
+        "--models", "efficientnet_lite0@blocks.1", "efficientnet_lite0", "--budget", "3",
+        "-o", str(out), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     return {"stdout": json.loads(result.stdout), "json": json.loads((out / "study.json")
                                                                     .read_text()),
-            "page": out / "index.html", "items": len(list(target.glob("*/*.png"))),
+            "page": out / "index.html", "items": len(list(digits_small.glob("*/*.png"))),
             "out": out}
 
 
 def test_study_json_is_what_the_api_returns_and_holds_the_decision(report):
     s = report["json"]
     assert report["stdout"] == s  # the CLI prints what embedkit.study returned
-    assert s["items"] == report["items"] == 25 and len(s["map"]["points"]) == 25
+    assert s["items"] == report["items"] == 20 and len(s["map"]["points"]) == 20
     v = s["verdict"]
     assert v["candidate"] in {r["candidate"] for r in s["ranking"]["ranking"]}
     assert v["source"] == "digits-source"  # digits 0-4 are closer to 5-9 than silhouettes
-    assert s["similarity"]["names"] == ["digits-target", "digits-source", "animal-shape"]
-    assert v["transfer"] == "freeze"  # 5 items per class: small, and the source is similar
+    assert s["similarity"]["names"] == ["digits", "digits-source", "animal-shape"]
+    assert v["transfer"] == "freeze"  # 4 items per class: small, and the source is similar
     assert v["accuracy"] == s["classifier"]["report"]["accuracy"]
     assert 0 <= v["low"] <= v["accuracy"] <= v["high"] <= 1
     assert any(w.startswith("tiny classes") for w in s["warnings"])
     assert s["ranking"]["validation"][0]["metric"] == "budgeted-probe"
-    assert sum(map(sum, s["classifier"]["report"]["confusion_matrix"])) == 25
+    assert sum(map(sum, s["classifier"]["report"]["confusion_matrix"])) == 20
 
 
 class PageText(HTMLParser):
