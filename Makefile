@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(PY) -m embedkit.demo
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && apt-get install -y -q chromium) || echo "chromium not installed: browser test will skip"
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
