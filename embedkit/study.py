@@ -97,19 +97,19 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
     timings = {}
     dataset = open_dataset(target, label=label)
     models = list(models) if models else _default_candidates(dataset.modality)
-    extract = {"cache": cache, **run}
-    if label:
-        extract["label"] = label
+    extract = {"cache": cache, **run}  # how every dataset is embedded
+    target_options = {**extract, **({"label": label} if label else {})}
 
     clock = time.perf_counter()
-    ranking = rank_models(target, models, validate=True, budget=budget, log=log, **extract)
+    ranking = rank_models(target, models, validate=True, budget=budget, log=log,
+                          **target_options)
     quoted = quote_ranking(ranking, inference_cost(dataset.root))
     timings["ranking_s"] = time.perf_counter() - clock
     pick = next(r for r in ranking.rows if r["candidate"] == quoted["pick"]["candidate"])
     candidates = {c.label: c for spec in models for c in parse_candidate(spec)}
     chosen = candidates.get(pick["candidate"])
     features = (embeddings_of(chosen.saved) if chosen is not None and chosen.saved else
-                embeddings_of(target, pick["model"], layer=pick["layer"], **extract))
+                embeddings_of(target, pick["model"], layer=pick["layer"], **target_options))
 
     clock = time.perf_counter()
     similarity = advice = None
@@ -117,11 +117,10 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
     if sources:
         probe = pick["model"]
         names = _display_names([target, *sources])
-        sets = {names[0]: embeddings_of(target, probe, **extract)}
+        sets = {names[0]: embeddings_of(target, probe, **target_options)}
         for name, spec in zip(names[1:], sources):
             log(f"embedding the source {name} with {probe}")
-            sets[name] = embeddings_of(spec, probe, **{k: v for k, v in extract.items()
-                                                       if k != "label"})
+            sets[name] = embeddings_of(spec, probe, **extract)
         matrix = similarity_matrix(sets, SIMILARITY_METRIC)
         to_target = matrix.values[0, 1:]
         best = int(np.nanargmax(to_target))
@@ -130,9 +129,9 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
                       "target": names[0], "closest": names[1 + best],
                       "closest_value": float(to_target[best])}
         log(f"the closest source is {names[1 + best]}; applying the rule of thumb")
-        advice = advise(target, closest, model=probe,
-                        **{k: v for k, v in extract.items() if k != "label"},
-                        **({"label": label} if label else {})).as_dict()
+        # advise embeds target and source with the same options, so no label column here:
+        # a folder source has none to choose (the size per class counts the primary one)
+        advice = advise(target, closest, model=probe, **extract).as_dict()
         advice["source"] = names[1 + best]
     timings["similarity_and_advice_s"] = time.perf_counter() - clock
 
