@@ -90,7 +90,7 @@ def study(target, sources, models, classifier, budget, cv, seed, projection, lab
     click.echo(f"pick:     {v['candidate']}"
                + (f" (cheapest of {len(v['tied'])} tied)" if len(v["tied"]) > 1 else ""))
     if v["transfer"]:
-        click.echo(f"how:      {v['transfer']}: {v['strategy']}")
+        click.echo(f"how:      {v['transfer']} (rule of thumb: {v['strategy']})")
     click.echo(f"accuracy: {v['accuracy']:.3f} (95% interval {v['low']:.3f}-{v['high']:.3f}, "
                f"{v['classifier']}, {v['estimate']})")
     for warning in result["warnings"]:
