@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Debian's Chromium for the study page's browser test, installed where root may (never fails)
+APT := DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
 .PHONY: demo test install bench clean
 
@@ -22,6 +24,9 @@ demo: $(STAMP)
 	$(PY) -m embedkit.demo
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && { $(APT) chromium || { apt-get update -q && $(APT) chromium; }; }) \
+	  || echo "chromium not installed: the browser test will skip"
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -382,9 +382,9 @@ def _saved_set(path):
     return load_embeddings(path)
 
 
-from embedkit.cli import compare_cmds, learn_cmds, text_cmds  # noqa: E402
+from embedkit.cli import compare_cmds, learn_cmds, study_cmds, text_cmds  # noqa: E402
 
-for _area in (text_cmds, learn_cmds, compare_cmds):
+for _area in (text_cmds, learn_cmds, compare_cmds, study_cmds):
     _area.register(cli)
 
 

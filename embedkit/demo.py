@@ -61,6 +61,10 @@ STEPS: list[tuple[str, list[str]]] = [
       f"{OUT}/lfw-subset", "--heatmap", f"{OUT}/similarity.png"]),
     ("The rule of thumb: how to transfer from that source",
      ["advise", f"{OUT}/digits-train", "--source", f"{OUT}/digits-source"]),
+    ("The whole study on one page: closest source, ranked layers (validated), the rule of "
+     "thumb, a nested-CV classifier, the embedding map and the most confused images",
+     ["study", f"{OUT}/digits-train", "--sources", f"{OUT}/digits-source",
+      f"{OUT}/animal-shape", "--budget", "10", "-o", f"{OUT}/study"]),
 ]
 
 
@@ -76,7 +80,7 @@ def run_step(title: str, args: list[str]) -> None:
 def main() -> None:
     for title, args in STEPS:
         run_step(title, args)
-    print(f"\nDone. Outputs are in ./{OUT}")
+    print(f"\nDone. Outputs are in ./{OUT}; the study page: ./{OUT}/study/index.html")
 
 
 if __name__ == "__main__":
