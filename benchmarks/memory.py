@@ -1,13 +1,18 @@
 """Peak memory of streaming extraction against dataset size: flat means bounded.
 
     python -m benchmarks.memory [--images 2000 20000 100000] [--texts 20000 100000 1000000]
-                                [--image-options runtime=openvino precision=bf16]
+                                [--image-model pixel-hash|efficientnet_lite0 ...]
+                                [--image-options runtime=openvino ...]
 
 Each row is a fresh process (its peak RSS is its own, `ru_maxrss`) extracting into a fresh
 cache and writing a folder of Parquet parts (`output="out/"`), then `export`ing the same
 selection from the cache.  Images are animal-shape silhouettes (28x28 PNG) repeated with
 distinct bytes (the copy number in a PNG text chunk: every file has its own content key, so
-every one is computed); texts are lines of GloVe words with their line number.  The ratio column
+every one is computed); texts are lines of GloVe words with their line number, embedded by
+GloVe 6B 50-d.  The image model is EfficientNet-Lite0 by default; `--image-model pixel-hash`
+(benchmarks/crash_loop.py: decodes each image and hashes its pixels into 16 floats) measures
+the same pipeline (walk, hash, decode, store, output) at sizes Lite0 would take an hour for on
+two cores: a model's own memory is per batch and does not grow with n either.  The ratio column
 is each row's peak against the smallest size's: near 1.0 means memory does not grow with n.
 """
 
@@ -58,7 +63,11 @@ def measure(kind: str, n: int, work: Path, options: dict) -> dict:
 
     data = make_images(work / "images", n) if kind == "images" else \
         make_texts(work / "lines.txt", n)
-    model = "efficientnet_lite0" if kind == "images" else "glove-6b-50d"
+    model = options.pop("model", "glove-6b-50d")
+    if model == "pixel-hash":
+        from benchmarks.crash_loop import PixelHashBackbone
+
+        model = PixelHashBackbone()
     started = time.perf_counter()
     es = embedkit.extract(data, model, cache=work / "cache", output=work / "out/",
                           progress=False, **options)
@@ -66,7 +75,7 @@ def measure(kind: str, n: int, work: Path, options: dict) -> dict:
     exported = embedkit.extract(data, model, cache=work / "cache", output=work / "export/",
                                 progress=False, cached_only=True, **options)
     assert len(exported) == len(es) == n, (len(exported), len(es), n)
-    return {"kind": kind, "n": n, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"kind": f"{kind} ({getattr(model, 'name', model)})", "n": n, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             / 1024, "seconds": seconds, "items_per_s": n / seconds}
 
 
@@ -74,6 +83,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, nargs="*", default=[2000, 20000, 100000])
     ap.add_argument("--texts", type=int, nargs="*", default=[20000, 100000, 1000000])
+    ap.add_argument("--image-model", default="efficientnet_lite0")
     ap.add_argument("--image-options", nargs="*", default=[],
                     help="extract options for the image rows, e.g. runtime=openvino "
                          "precision=bf16 (the fastest CPU path makes large n affordable)")
@@ -84,7 +94,8 @@ def main():
         with tempfile.TemporaryDirectory() as work:
             print(json.dumps(measure(kind, int(n), Path(work), json.loads(options))))
         return
-    image_options = dict(o.split("=", 1) for o in args.image_options)
+    image_options = {**dict(o.split("=", 1) for o in args.image_options),
+                     "model": args.image_model}
     rows = []
     for kind, sizes, options in (("images", args.images, image_options),
                                  ("texts", args.texts, {})):
@@ -100,10 +111,10 @@ def main():
 
 def print_row(row, rows, flush=False):
     if len(rows) == 1 or rows[-2]["kind"] != row["kind"]:
-        print(f"\n{'kind':8} {'items':>9} {'peak RSS MB':>12} {'x smallest':>10} "
+        print(f"\n{'kind':26} {'items':>9} {'peak RSS MB':>12} {'x smallest':>10} "
               f"{'seconds':>9} {'items/s':>9}")
     first = next(r for r in rows if r["kind"] == row["kind"])
-    print(f"{row['kind']:8} {row['n']:>9,} {row['peak_mb']:>12.0f} "
+    print(f"{row['kind']:26} {row['n']:>9,} {row['peak_mb']:>12.0f} "
           f"{row['peak_mb'] / first['peak_mb']:>10.2f} {row['seconds']:>9.1f} "
           f"{row['items_per_s']:>9.0f}", flush=flush)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -162,7 +163,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
         "source_similarity": similarity["closest_value"] if similarity else None,
         "transfer": None if advice is None else ("freeze" if advice["small"] else "fine-tune"),
         "strategy": advice["strategy"] if advice else None,
-        "next_command": advice["command"] if advice else None,
+        "next_command": _train_command(str(target), pick, classifier),
         "accuracy": report["accuracy"], "low": evaluation["low"], "high": evaluation["high"],
         "confidence": CONFIDENCE, "classifier": classifier,
         "estimate": f"nested {evaluation['outer_folds']}-fold cross-validation "
@@ -202,6 +203,14 @@ def _default_candidates(modality: str) -> list[str]:
     model = default_model(modality)
     lower = lower_layer(model) if modality == "image" else None
     return [f"{model}@{lower}", model] if lower else [model]
+
+
+def _train_command(target: str, pick: dict, classifier: str) -> str:
+    """The command that trains what the verdict measured (the rule of thumb's own command is in
+    its section): the picked model and layer, the judged classifier."""
+    layer = f" --layer {shlex.quote(pick['layer'])}" if pick.get("layer") else ""
+    return (f"embedkit train {shlex.quote(target)} --model {shlex.quote(pick['model'])}{layer} "
+            f"--classifier {classifier} -o model.skops")
 
 
 def _display_names(specs) -> list[str]:
