@@ -134,8 +134,9 @@ def output_options(f):
                           "or a folder of Parquet parts (a path ending in /)."),
         click.option("--parts", type=int, default=None,
                      help="Split a folder output into N Parquet parts."),
-        click.option("--chunk-size", type=int, default=8192, show_default=True,
-                     help="Items hashed, computed and written at a time (bounds memory).")]):
+        click.option("--chunk-size", type=int, default=None,
+                     help="Items hashed, computed and written at a time, which bounds memory "
+                          "(default 8192; 65536 on CUDA).")]):
         f = option(f)
     return f
 
