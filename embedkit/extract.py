@@ -21,7 +21,7 @@ from .backbone import Backbone
 from .embeddings import EmbeddingSet, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
 from .files import available_cores, display_name
-from .options import DECODES, PRECISIONS, RUNTIMES, at_least
+from .options import DECODES, ENGINES, PRECISIONS, RUNTIMES, at_least
 from .inputs import (Dataset, Item, is_pil_image, open_dataset, pixels_sha256,
                      text_sha256)
 from .registry import create_backbone, default_model
@@ -195,7 +195,9 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             workers: int | None = None, progress: bool | None = None, strict: bool = False,
             label: str | None = None, within: str | None = None, runtime: str = "torch",
             compile: bool = False, decode: str = "auto",
-            backbone_options: dict | None = None) -> EmbeddingSet:
+            backbone_options: dict | None = None, engine: str = "local",
+            address: str | None = None, num_workers: int | None = None,
+            num_gpus_per_worker: float | None = None) -> EmbeddingSet:
     """Embed a dataset through the cache: only items missing from it are computed.
 
     Args:
@@ -220,12 +222,20 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             (docs/performance.md).
         compile: torch.compile the model (GPU path).
         decode: "auto" (JPEGs decoded on the device on CUDA), "cpu" or "device".
+        engine: "local" (this process), or "ray" (Ray Data, docs/scaling.md; the extra
+            embedkit[ray]): the items not in the cache are computed by a pool of model actors.
+        address, num_workers, num_gpus_per_worker: for engine="ray": the cluster to join
+            ("auto", "ray://host:10001"; default a local Ray started for this call), the
+            number of model actors and the GPUs each reserves (default: one actor per GPU
+            the cluster has).
 
     Returns:
         An EmbeddingSet in dataset order (skipped items left out); its `summary` tells what
         came from the cache, what was computed and what was skipped, and why.
     """
     started = time.perf_counter()
+    if ENGINES.check(engine) == "ray" and decode == "auto":
+        decode = "cpu"  # Ray workers decode on their CPUs
     ds = open_dataset(dataset, label=label, within=within)
     if isinstance(model, Backbone):
         if backbone_options:
@@ -270,8 +280,17 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
                                      f"{backbone.source.hint}")
         computing = time.perf_counter()
-        computed, bad = _compute(backbone, list(todo.items()), store, fingerprint, batch_size,
-                                 workers, progress, strict, dev, **fast)
+        if engine == "ray":
+            from .ray_engine import compute_on_ray
+
+            computed, bad = compute_on_ray(
+                backbone, list(todo.items()), store, fingerprint, batch_size, progress, strict,
+                model_description(backbone), address=address, num_workers=num_workers,
+                num_gpus_per_worker=num_gpus_per_worker, **fast)
+            summary.device = "ray"
+        else:
+            computed, bad = _compute(backbone, list(todo.items()), store, fingerprint,
+                                     batch_size, workers, progress, strict, dev, **fast)
         summary.compute_seconds = time.perf_counter() - computing
         found.update(computed)
         reasons = dict(bad)  # content key -> why it failed; every item with that content skips
@@ -396,8 +415,7 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
     unit = "img" if backbone.modality == "image" else "text"
-    desc = {**backbone.describe(), "rebuild": backbone.creation,
-            "precision": backbone.precision}
+    desc = model_description(backbone)
     bar = _progress(len(todo), progress, unit)
     try:
         with store.writer(fingerprint, desc) as writer:
@@ -421,6 +439,11 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, progress, 
     finally:
         bar.close()
     return computed, bad
+
+
+def model_description(backbone: Backbone) -> dict:
+    """What the store records about the model behind a fingerprint (`Store.description`)."""
+    return {**backbone.describe(), "rebuild": backbone.creation, "precision": backbone.precision}
 
 
 def embeddings_of(spec, model=None, **options) -> EmbeddingSet:
