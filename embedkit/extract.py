@@ -236,6 +236,9 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     started = time.perf_counter()
     if ENGINES.check(engine) == "ray" and decode == "auto":
         decode = "cpu"  # Ray workers decode on their CPUs
+    elif engine == "local" and (address, num_workers, num_gpus_per_worker) != (None,) * 3:
+        raise UsageError("--address, --num-workers and --num-gpus-per-worker go with "
+                         "--engine ray")
     ds = open_dataset(dataset, label=label, within=within)
     if isinstance(model, Backbone):
         if backbone_options:
