@@ -249,6 +249,19 @@ def _inputs(ray, todo, modality: str, rows: int):
     return ray.data.from_arrow([table.slice(s, rows) for s in range(0, len(todo), rows)]), {}
 
 
+def _join(ray, address: str):
+    """Connect to a running cluster: "auto" (this node is part of it) or "ray://host:port"
+    (Ray Client, which needs grpcio: the extra installs ray[client])."""
+    try:
+        ray.init(address=address)
+    except ImportError:
+        raise MissingExtra(f"--address {address}", "ray", "ray[client]") from None
+    except ConnectionError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--address {address}: no Ray cluster answers ({first}); start one "
+                         "with: ray start --head") from None
+
+
 def _check_items(backbone: Backbone, todo, on_device: bool, compile: bool):
     if on_device or compile or backbone.runtime != "torch":
         raise UsageError("--engine ray runs the torch runtime with CPU decoding; leave out "
@@ -277,7 +290,7 @@ def compute_on_ray(backbone: Backbone, todo, store: Store, fingerprint: str, bat
     started = not ray.is_initialized()
     if started:
         if address:
-            ray.init(address=address)
+            _join(ray, address)
         else:
             ray.init(num_cpus=available_cores(), include_dashboard=False)
     computed: dict[str, np.ndarray] = {}

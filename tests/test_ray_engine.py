@@ -45,11 +45,11 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """Digits 5-9, 4 images per class: 20 real images."""
+    """Digits 5-9, 3 images per class: 15 real images."""
     from embedkit import samples
 
     return samples.export("digits-target", tmp_path_factory.mktemp("ray") / "digits",
-                          per_class=4)
+                          per_class=3)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_a_killed_ray_job_resumes_from_its_finished_batches(ray_session, plain, 
     resumed = embedkit.extract(digits, "efficientnet_lite0", cache=cache, engine="ray",
                                batch_size=8, progress=False)
     s = resumed.summary
-    assert s.cache_hits >= 8 and s.cache_hits + s.computed == len(resumed) == 20
+    assert s.cache_hits >= 8 and s.cache_hits + s.computed == len(resumed) == 15
     _same(resumed, plain["images"])
     assert not Store(cache).verify()
 
