@@ -38,7 +38,7 @@ import numpy as np
 from .backbone import Backbone
 from .errors import BadInputError, MissingExtra, UsageError
 from .files import available_cores, display_name
-from .store import SHARD_SUFFIX, Store, vector_column, write_shard
+from .store import SHARD_SUFFIX, Store, column_vectors, vector_column, write_shard
 
 __all__ = ["compute_on_ray", "plan_workers", "WorkerPlan"]
 
@@ -293,20 +293,39 @@ def compute_on_ray(backbone: Backbone, todo, store: Store, fingerprint: str, bat
             _join(ray, address)
         else:
             ray.init(num_cpus=available_cores(), include_dashboard=False)
-    computed: dict[str, np.ndarray] = {}
-    bad: list[tuple[str, str]] = []
-    context = ray.data.DataContext.get_current()
-    bars = context.enable_progress_bars
     try:
         plan = plan_workers(ray.cluster_resources(), num_workers, num_gpus_per_worker)
         if backbone.precision != "fp32" and not plan.gpus:
             raise UsageError(f"--precision {backbone.precision} needs GPU workers; the Ray "
                              "workers here run on CPUs (use fp32)")
         store.writer(fingerprint, description).close()  # records the model, writes nothing
-        context.enable_progress_bars = bars and progress is not False  # Ray's own progress
-        modality = backbone.modality
+        job = (todo, backbone.creation, backbone.modality, fingerprint, backbone.precision,
+               batch_size, plan, store.shard_dir, progress, strict)
+        if not ray.util.client.ray.is_connected():
+            return _pipeline(*job)
+        # Ray Data's executor needs a worker of the cluster: through Ray Client (ray://) the
+        # pipeline is driven by a task on the cluster, and only its results come back here
+        try:
+            return ray.get(ray.remote(num_cpus=0)(_pipeline).remote(*job))
+        except ray.exceptions.RayTaskError as exc:
+            raise exc.cause if isinstance(exc.cause, BadInputError) else exc
+    finally:
+        store.absorb()
+        if started:
+            ray.shutdown()
+
+
+def _pipeline(todo, recipe, modality, fingerprint, precision, batch_size, plan, shard_dir,
+              progress, strict):
+    """Run the decoder and model stages over `todo`; (computed, bad) as the local path."""
+    ray = _ray()
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
+    context.enable_progress_bars = bars and progress is not False  # Ray's own progress
+    computed: dict[str, np.ndarray] = {}
+    bad: list[tuple[str, str]] = []
+    try:
         rows = TEXT_ROWS if modality == "text" else batch_size * IMAGE_MODEL_BATCHES
-        recipe = backbone.creation
         dataset, files = _inputs(ray, todo, modality, rows)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         decoded = dataset.map_batches(
@@ -314,13 +333,10 @@ def compute_on_ray(backbone: Backbone, todo, store: Store, fingerprint: str, bat
             batch_size=rows, batch_format="pyarrow", num_cpus=ACTOR_CPUS,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus // 2)))
         embedded = decoded.map_batches(
-            _Embedder, fn_constructor_args=(recipe, modality, fingerprint, backbone.precision,
-                                            plan.device, plan.threads, store.shard_dir,
-                                            batch_size),
+            _Embedder, fn_constructor_args=(recipe, modality, fingerprint, precision,
+                                            plan.device, plan.threads, shard_dir, batch_size),
             batch_size=rows, batch_format="pyarrow", num_cpus=ACTOR_CPUS, num_gpus=plan.gpus,
             compute=ray.data.ActorPoolStrategy(size=plan.workers))
-        from .store import column_vectors
-
         for table in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
             vectors = column_vectors(table.column("vector"))
             for key, vector, error in zip(table.column("key").to_pylist(), vectors,
@@ -331,15 +347,12 @@ def compute_on_ray(backbone: Backbone, todo, store: Store, fingerprint: str, bat
                 bad.append((key, error))
                 if strict:
                     raise BadInputError(f"{error} (--strict stops at the first bad item)")
-        seen = set(computed) | {k for k, _ in bad}
-        for key, item in todo:  # files left out by the reader: gone since they were hashed
-            if key not in seen:
-                bad.append((key, f"{item.name}: cannot read (it vanished during the run)"))
-                if strict:
-                    raise BadInputError(f"{bad[-1][1]} (--strict stops at the first bad item)")
     finally:
         context.enable_progress_bars = bars
-        store.absorb()
-        if started:
-            ray.shutdown()
+    seen = set(computed) | {k for k, _ in bad}
+    for key, item in todo:  # files left out by the reader: gone since they were hashed
+        if key not in seen:
+            bad.append((key, f"{item.name}: cannot read (it vanished during the run)"))
+            if strict:
+                raise BadInputError(f"{bad[-1][1]} (--strict stops at the first bad item)")
     return computed, bad
