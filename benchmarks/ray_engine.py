@@ -2,12 +2,13 @@
 
     python benchmarks/ray_engine.py [--images 500] [--texts 20000] [--batch-size 32]
 
-Each row is one `embedkit.extract` into a fresh cache, wall time end to end; the Ray rows
+Each row is one `embedkit.extract` into a fresh cache, wall time end to end.  The `ray` rows
 include starting and stopping the local Ray that embedkit runs without `--address` (the cost a
-laptop user pays); the `ray*` rows run in a Ray session already open (the job alone).  Images: the scikit-learn digits (8x8 PNGs) with efficientnet_lite0 at its
-224-pixel input; texts: distinct lines built from gensim's movie-review sentences, with
-glove-6b-50d.  Prints seconds, items/s and the ratio to the plain run, and checks that both
-engines give the same vectors.
+laptop user pays); the `ray*` rows run in a Ray session already open (the job alone).
+Images: the scikit-learn digits (8x8 PNGs) with efficientnet_lite0 at its 224-pixel input;
+texts: distinct lines built from gensim's movie-review sentences, with glove-6b-50d.  Prints
+seconds, items/s and the ratio to the plain run, and checks that both engines give the same
+vectors.
 """
 
 from __future__ import annotations
