@@ -32,11 +32,12 @@ import hashlib
 import os
 import pickle
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 
 from .backbone import Backbone
-from .errors import BadInputError, MissingExtra, UsageError
+from .errors import BadInputError, EmbedkitError, MissingExtra, UsageError
 from .files import available_cores, display_name
 from .store import SHARD_SUFFIX, Store, column_vectors, vector_column, write_shard
 
@@ -60,18 +61,17 @@ def _ray():
     return ray
 
 
+@dataclass(frozen=True)
 class WorkerPlan:
-    """How many embedding actors, with how many GPUs each, on what device."""
+    """How many model actors, with how many GPUs each, and torch threads for CPU actors."""
 
-    def __init__(self, workers: int, gpus: float, threads: int):
-        self.workers, self.gpus, self.threads = workers, gpus, threads
+    workers: int
+    gpus: float
+    threads: int
 
     @property
     def device(self) -> str:
         return "cuda" if self.gpus > 0 else "cpu"
-
-    def __repr__(self):
-        return f"WorkerPlan(workers={self.workers}, gpus={self.gpus}, threads={self.threads})"
 
 
 def plan_workers(resources: dict, num_workers: int | None = None,
@@ -110,8 +110,8 @@ def plan_workers(resources: dict, num_workers: int | None = None,
 
 
 def _rebuilt(recipe: dict, modality: str) -> Backbone:
-    """The driver's backbone, rebuilt in a worker from its registry recipe (cheap: weights
-    load on the first `embed`, so a decoder never loads them)."""
+    """The driver's backbone, rebuilt in a worker from its registry recipe (cheap: model
+    weights load on the first `embed`, which a decoder never calls)."""
     from .registry import create_backbone
 
     backbone = create_backbone(recipe["name"], **recipe.get("options", {}))
@@ -301,18 +301,31 @@ def compute_on_ray(backbone: Backbone, todo, store: Store, fingerprint: str, bat
         store.writer(fingerprint, description).close()  # records the model, writes nothing
         job = (todo, backbone.creation, backbone.modality, fingerprint, backbone.precision,
                batch_size, plan, store.shard_dir, progress, strict)
-        if not ray.util.client.ray.is_connected():
-            return _pipeline(*job)
-        # Ray Data's executor needs a worker of the cluster: through Ray Client (ray://) the
-        # pipeline is driven by a task on the cluster, and only its results come back here
         try:
+            if not ray.util.client.ray.is_connected():
+                return _pipeline(*job)
+            # Ray Data's executor needs a worker of the cluster: through Ray Client (ray://)
+            # the pipeline is driven by a task on the cluster, and only its results come back
             return ray.get(ray.remote(num_cpus=0)(_pipeline).remote(*job))
-        except ray.exceptions.RayTaskError as exc:
-            raise exc.cause if isinstance(exc.cause, BadInputError) else exc
+        except Exception as exc:
+            raise _embedkit_error(exc) or exc
     finally:
         store.absorb()
         if started:
             ray.shutdown()
+
+
+def _embedkit_error(exc: BaseException) -> EmbedkitError | None:
+    """The embedkit error behind a Ray failure (a worker's BadInputError or UsageError arrives
+    wrapped in Ray's exceptions, with a remote traceback), so the CLI prints its one line."""
+    for _ in range(10):
+        inner = getattr(exc, "cause", None)  # RayTaskError / UserCodeException: the original
+        if inner is None and isinstance(exc, EmbedkitError):
+            return exc
+        exc = inner or exc.__cause__
+        if exc is None:
+            return None
+    return None
 
 
 def _pipeline(todo, recipe, modality, fingerprint, precision, batch_size, plan, shard_dir,
