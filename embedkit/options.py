@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 __all__ = ["Options", "at_least", "POOLINGS", "TEXT_POOLINGS", "PRECISIONS", "RUNTIMES",
-           "DECODES", "ENGINES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES", "PROJECTIONS",
-           "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES", "OPTIMIZERS"]
+           "DECODES", "ENGINES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES",
+           "PROJECTIONS", "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES", "OPTIMIZERS"]
 
 
 @dataclass(frozen=True)
