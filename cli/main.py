@@ -6,7 +6,7 @@ import click
 
 from embedkit.cli.common import EmbedkitGroup, cache_option, choice, embeddings_columns, \
     emit_json, json_option, model_options, run_options, table
-from embedkit.options import INDEXES, MODALITIES, RUNTIMES
+from embedkit.options import ENGINES, INDEXES, MODALITIES, RUNTIMES
 
 
 @click.group(cls=EmbedkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,10 +159,20 @@ def output_options(f):
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model (GPU path; pays off on large runs).")
 @click.option("--strict", is_flag=True, help="Fail on the first bad item instead of skipping it.")
+@click.option("--engine", type=choice(ENGINES), default="local", show_default=True,
+              help="local, or ray: Ray Data on a cluster or a local Ray (embedkit[ray]; "
+              "docs/scaling.md).")
+@click.option("--address", default=None,
+              help="Ray cluster to join: auto, ray://host:10001 (default: a local Ray).")
+@click.option("--num-workers", type=int, default=None,
+              help="Ray model actors (default: one per GPU of the cluster).")
+@click.option("--num-gpus-per-worker", type=float, default=None,
+              help="GPUs each Ray model actor reserves (default 1 where the cluster has GPUs).")
 @cache_option
 @json_option
 def extract(dataset, model, layer, pool, normalize, weights, output, parts, chunk_size, label,
-            within, limit, workers, runtime, compile_, strict, cache, as_json, run):
+            within, limit, workers, runtime, compile_, strict, engine, address, num_workers,
+            num_gpus_per_worker, cache, as_json, run):
     """Embed DATASET (folder, manifest, .txt, or bundled name) through the cache.
 
     \b
@@ -175,6 +185,8 @@ def extract(dataset, model, layer, pool, normalize, weights, output, parts, chun
                               weights=weights, cache=cache, workers=workers, runtime=runtime,
                               compile=compile_, strict=strict, label=label, within=within,
                               output=output, parts=parts, chunk_size=chunk_size, **run,
+                              engine=engine, address=address, num_workers=num_workers,
+                              num_gpus_per_worker=num_gpus_per_worker,
                               backbone_options={"limit": limit} if limit is not None else None)
     _report_saved(result, output, as_json)
 

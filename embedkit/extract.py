@@ -8,6 +8,7 @@ written to the store every few thousand rows.  A bad item is reported and skippe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -22,7 +23,7 @@ from .embedding_files import EmbeddingsWriter
 from .embeddings import EmbeddingSet, check_output_suffix, is_embeddings_file, load_embeddings
 from .errors import BadInputError, EmbedkitError, UsageError, WeightsUnavailable
 from .files import available_cores, display_name
-from .options import DECODES, PRECISIONS, RUNTIMES, at_least
+from .options import DECODES, ENGINES, PRECISIONS, RUNTIMES, at_least
 from .inputs import (Dataset, Item, is_pil_image, open_dataset, pixels_sha256,
                      text_sha256)
 from .registry import create_backbone, default_model
@@ -198,7 +199,9 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             label: str | None = None, within: str | None = None, runtime: str = "torch",
             compile: bool = False, decode: str = "auto",
             backbone_options: dict | None = None, output=None, parts: int | None = None,
-            chunk_size: int | None = None, cached_only: bool = False) -> EmbeddingSet:
+            chunk_size: int | None = None, cached_only: bool = False, engine: str = "local",
+            address: str | None = None, num_workers: int | None = None,
+            num_gpus_per_worker: float | None = None) -> EmbeddingSet:
     """Embed a dataset through the cache: only items missing from it are computed.
 
     Args:
@@ -227,9 +230,15 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             of Parquet parts (a path ending in /; `parts` sets their number).  The run then
             holds one chunk in memory, whatever the dataset's size (docs/scaling.md).
         chunk_size: items hashed, looked up, computed and written at a time (default 8,192;
-            65,536 on CUDA, where each chunk's restart of the decoding workers must stay
+            65,536 on CUDA and Ray, where each chunk's restart of the decoding workers must stay
             small against its computing).
         cached_only: compute nothing: items missing from the cache are skipped (`export`).
+        engine: "local" (this process), or "ray" (Ray Data, docs/scaling.md; the extra
+            embedkit[ray]): the items not in the cache are computed by a pool of model actors.
+        address, num_workers, num_gpus_per_worker: for engine="ray": the cluster to join
+            ("auto", "ray://host:10001"; default a local Ray started for this call), the
+            number of model actors and the GPUs each reserves (default: one actor per GPU
+            the cluster has).
 
     Returns:
         An EmbeddingSet in dataset order (skipped items left out; read back from `output`
@@ -241,6 +250,11 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
         check_output_suffix(output, parts)
     if chunk_size is not None:
         at_least("--chunk-size", chunk_size, 1)
+    if ENGINES.check(engine) == "ray" and decode == "auto":
+        decode = "cpu"  # Ray workers decode on their CPUs
+    elif engine == "local" and (address, num_workers, num_gpus_per_worker) != (None,) * 3:
+        raise UsageError("--address, --num-workers and --num-gpus-per-worker go with "
+                         "--engine ray")
     ds = open_dataset(dataset, label=label, within=within)
     if isinstance(model, Backbone):
         if backbone_options:
@@ -272,15 +286,20 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
             "dataset": ds.root if ds.root == "<in-memory>" else os.path.abspath(ds.root),
             "backbone": backbone.creation}
     summary = Summary(items=len(ds), device=dev, notes=list(ds.notes))
-    chunk_size = chunk_size or (GPU_CHUNK_SIZE if dev.startswith("cuda") else CHUNK_SIZE)
+    chunk_size = chunk_size or (GPU_CHUNK_SIZE if dev.startswith("cuda") or engine == "ray"
+                                else CHUNK_SIZE)
+    ray = {"address": address, "num_workers": num_workers,
+           "num_gpus_per_worker": num_gpus_per_worker} if engine == "ray" else None
     run = _Run(backbone, store, fingerprint, summary, strict=strict, batch_size=batch_size,
-               workers=workers, device=dev, on_device=on_device, compile=compile,
-               cached_only=cached_only)
+               workers=workers, device=dev, on_device=on_device,
+               compile=compile, cached_only=cached_only, ray=ray)
+    if ray:
+        summary.device = "ray"
     sink = (_InMemory(meta, ds.label_names) if output is None else
             EmbeddingsWriter(output, meta, ds.label_names, parts=parts, expected_rows=len(ds)))
     bar = _progress(len(ds), progress, "img" if ds.modality == "image" else "text")
     try:
-        with sink:
+        with sink, _engine_session(ray):
             for chunk in _chunks(ds.items, chunk_size):
                 rows, vectors = run.chunk(chunk, bar)
                 sink.add([it.id for it in rows], vectors,
@@ -297,6 +316,15 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
     result = sink.result() if output is None else sink.saved()
     result.summary = summary
     return result
+
+
+def _engine_session(ray: dict | None):
+    """One Ray session for all the chunks of a run (engine="ray"), else nothing to open."""
+    if ray is None:
+        return contextlib.nullcontext()
+    from .ray_engine import session
+
+    return session(ray["address"])
 
 
 #: Items hashed, looked up, computed and handed on at a time: what bounds extraction's memory.
@@ -362,6 +390,7 @@ class _Run:
     on_device: bool
     compile: bool
     cached_only: bool
+    ray: dict | None = None  # engine="ray": address, num_workers, num_gpus_per_worker
 
     def chunk(self, items: list[Item], bar) -> tuple[list[Item], np.ndarray | None]:
         summary = self.summary
@@ -388,9 +417,19 @@ class _Run:
                 raise WeightsUnavailable(f"no weights for {backbone.name} on this machine: "
                                          f"{backbone.source.hint}")
             computing = time.perf_counter()
-            computed, bad = _compute(backbone, list(todo.items()), self.store, self.fingerprint,
-                                     self.batch_size, self.workers, bar, self.strict,
-                                     self.device, self.on_device, self.compile)
+            if self.ray is not None:
+                from .ray_engine import compute_on_ray
+
+                computed, bad = compute_on_ray(
+                    backbone, list(todo.items()), self.store, self.fingerprint,
+                    self.batch_size, bar.disable is False, self.strict,
+                    model_description(backbone), on_device=self.on_device,
+                    compile=self.compile, **self.ray)
+                bar.update(len(todo))
+            else:
+                computed, bad = _compute(backbone, list(todo.items()), self.store,
+                                         self.fingerprint, self.batch_size, self.workers, bar,
+                                         self.strict, self.device, self.on_device, self.compile)
             summary.compute_seconds += time.perf_counter() - computing
             found.update(computed)
             reasons = dict(bad)  # content key -> why it failed; every item with it skips
@@ -501,9 +540,7 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, bar, stric
     batches = _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile)
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
-    desc = {**backbone.describe(), "rebuild": backbone.creation,
-            "precision": backbone.precision}
-    with store.writer(fingerprint, desc) as writer:
+    with store.writer(fingerprint, model_description(backbone)) as writer:
         for indices, vectors, errors in batches:
             for i, err in errors:
                 bad.append((todo[i][0], err))
@@ -522,6 +559,11 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, bar, stric
                 computed.update(zip(keys, vectors[keep]))
             bar.update(len(indices) + len(errors))
     return computed, bad
+
+
+def model_description(backbone: Backbone) -> dict:
+    """What the store records about the model behind a fingerprint (`Store.description`)."""
+    return {**backbone.describe(), "rebuild": backbone.creation, "precision": backbone.precision}
 
 
 def embeddings_of(spec, model=None, **options) -> EmbeddingSet:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from .errors import UsageError
 
 __all__ = ["Options", "at_least", "POOLINGS", "TEXT_POOLINGS", "PRECISIONS", "RUNTIMES",
-           "DECODES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES", "PROJECTIONS",
-           "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES", "OPTIMIZERS"]
+           "DECODES", "ENGINES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES",
+           "PROJECTIONS", "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES", "OPTIMIZERS"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ TEXT_POOLINGS = Options("text pooling", ("mean", "sif"))
 PRECISIONS = Options("precision", ("auto", "fp32", "bf16", "fp16"))
 RUNTIMES = Options("runtime", ("torch", "onnx", "openvino"))
 DECODES = Options("decode", ("auto", "cpu", "device"))
+#: Where extraction runs: this process, or Ray Data (embedkit.ray_engine).
+ENGINES = Options("engine", ("local", "ray"))
 MODALITIES = Options("modality", ("image", "text"))
 SCALERS = Options("scaling", ("standard", "l2"))
 RESAMPLING = Options("resampling", ("over", "under"))

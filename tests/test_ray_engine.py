@@ -1,0 +1,165 @@
+"""`--engine ray`: the same keys and vectors as the local extractor, a killed job that resumes
+from the shards its finished batches wrote, and the install hint without Ray.
+
+One local Ray (2 CPUs, no dashboard) serves the whole module: starting Ray takes seconds on a
+small machine.  The killed job runs in a process group of its own, SIGKILLed with its Ray."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import embedkit
+from embedkit.errors import MissingExtra, UsageError
+from embedkit.ray_engine import plan_workers
+from embedkit.store import Store
+
+
+
+@pytest.fixture(autouse=True)
+def deadline():
+    """A hung Ray job (an actor waiting for resources that never come) ends the test run with
+    a traceback after 180 s instead of blocking it."""
+    faulthandler.dump_traceback_later(180, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+TEXTS = ["the cat sat on the mat", "qzxqzx vrrkt", "kings and queens", "a dog ran home",
+         "the stock market fell", "rain in spain"] * 2
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """Digits 5-9, 3 images per class: 15 real images."""
+    from embedkit import samples
+
+    return samples.export("digits-target", tmp_path_factory.mktemp("ray") / "digits",
+                          per_class=3)
+
+
+@pytest.fixture(scope="module")
+def plain(digits, tmp_path_factory):
+    """The single-process extractor's results: the reference."""
+    cache = tmp_path_factory.mktemp("plain-cache")
+    texts = tmp_path_factory.mktemp("texts") / "lines.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    return {"images": embedkit.extract(digits, "efficientnet_lite0", cache=cache, progress=False,
+                                       workers=0),
+            "texts": embedkit.extract(texts, "glove-6b-50d", cache=cache, progress=False),
+            "lines": texts}
+
+
+def _same(a, b):
+    assert a.ids == b.ids
+    np.testing.assert_allclose(a.vectors, b.vectors, rtol=1e-5, atol=1e-6)
+    assert a.summary.skipped == b.summary.skipped
+
+
+def test_ray_streams_chunks_into_a_folder_of_parts(ray_session, plain, tmp_path):
+    """Several chunks through one Ray session, written as they finish: the same set."""
+    parts = embedkit.extract(plain["lines"], "glove-6b-50d", cache=tmp_path, engine="ray",
+                             progress=False, chunk_size=5, output=tmp_path / "out/", parts=2)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == \
+        ["part-00000.parquet", "part-00001.parquet"]
+    # the lines repeat: a later chunk finds an earlier chunk's lines in the cache
+    assert (parts.summary.computed, parts.summary.cache_hits) == (5, 5)
+    assert parts.summary.device == "ray"
+    _same(parts, plain["texts"])
+
+
+def test_ray_matches_the_local_extractor(ray_session, plain, digits, tmp_path):
+    images = embedkit.extract(digits, "efficientnet_lite0", cache=tmp_path, engine="ray",
+                              batch_size=8, progress=False)
+    texts = embedkit.extract(plain["lines"], "glove-6b-50d", cache=tmp_path, engine="ray",
+                             progress=False)
+    _same(images, plain["images"])
+    _same(texts, plain["texts"])  # the all-OOV line skipped with the same reason
+    assert texts.summary.skipped and "out of vocabulary" in texts.summary.skipped[0][1]
+    assert images.summary.computed == len(images) and images.summary.device == "ray"
+    # the actors' shards are in the index: a second run is served from the cache alone
+    again = embedkit.extract(digits, "efficientnet_lite0", cache=tmp_path, engine="ray",
+                             progress=False)
+    assert (again.summary.cache_hits, again.summary.computed) == (len(images), 0)
+    _same(again, plain["images"])
+
+
+def test_strict_stops_at_the_first_bad_item(ray_session, plain, tmp_path):
+    with pytest.raises(embedkit.errors.BadInputError, match="out of vocabulary.*--strict"):
+        embedkit.extract(plain["lines"], "glove-6b-50d", cache=tmp_path, engine="ray",
+                         strict=True, progress=False)
+
+
+def test_a_killed_ray_job_resumes_from_its_finished_batches(ray_session, plain, digits,
+                                                            tmp_path):
+    """The CLI job is killed (SIGKILL, with its local Ray) once its first shard is on disk;
+    the next run absorbs what the finished batches wrote and computes only the rest."""
+    cache = tmp_path / "cache"
+    job = subprocess.Popen(
+        [sys.executable, "-c", "from embedkit.cli.main import main; main()", "extract",
+         str(digits), "--engine", "ray", "--batch-size", "1", "--cache", str(cache)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((cache / "shards").glob("*.parquet")):
+            assert job.poll() is None, "the job ended before writing a shard"
+            assert time.monotonic() < deadline, "no shard within 120 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    resumed = embedkit.extract(digits, "efficientnet_lite0", cache=cache, engine="ray",
+                               batch_size=8, progress=False)
+    s = resumed.summary
+    assert s.cache_hits >= 8 and s.cache_hits + s.computed == len(resumed) == 15
+    _same(resumed, plain["images"])
+    assert not Store(cache).verify()
+
+
+def test_without_ray_the_engine_says_how_to_install_it(plain, monkeypatch):
+    from click.testing import CliRunner
+
+    from embedkit.cli.main import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the extra
+    with pytest.raises(MissingExtra) as info:
+        embedkit.extract(plain["lines"], engine="ray", cache=plain["lines"].parent / "c")
+    assert info.value.exit_code == 7
+    result = CliRunner().invoke(cli, ["extract", str(plain["lines"]), "--engine", "ray",
+                                      "--cache", str(plain["lines"].parent / "c")])
+    assert result.exit_code == 7
+    assert "pip install 'embedkit[ray]'" in result.output
+
+
+def test_workers_come_from_what_the_cluster_has():
+    laptop, node = {"CPU": 2.0}, {"CPU": 32.0, "GPU": 4.0}
+    assert (plan_workers(laptop).workers, plan_workers(laptop).gpus) == (1, 0)
+    assert plan_workers(laptop).threads == 2
+    assert (plan_workers(node).workers, plan_workers(node).gpus) == (4, 1)
+    half = plan_workers(node, num_gpus_per_worker=0.5)
+    assert (half.workers, half.device) == (8, "cuda")
+    with pytest.raises(UsageError, match="has 0 GPUs"):
+        plan_workers(laptop, num_gpus_per_worker=1)
+    with pytest.raises(UsageError, match="needs 6 GPUs; the Ray cluster has 4"):
+        plan_workers(node, num_workers=3, num_gpus_per_worker=2)
+    with pytest.raises(UsageError, match="--num-workers"):
+        plan_workers(node, num_workers=0)
+
+
+def test_ray_options_need_the_ray_engine(plain):
+    with pytest.raises(UsageError, match="--engine ray"):
+        embedkit.extract(plain["lines"], address="auto", cache=plain["lines"].parent / "c")
