@@ -30,23 +30,13 @@ def _log(message: str):
     click.echo(message, err=True)
 
 
-def _name(spec: str, taken: set) -> str:
-    base = Path(str(spec).rstrip("/")).name or str(spec)
-    base = base.removesuffix(".parquet")
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}#{i}", i + 1
-    taken.add(name)
-    return name
-
-
 def _embed_all(specs, model, options) -> dict:
     """{display name: EmbeddingSet} for saved sets or datasets embedded by the probe."""
     from embedkit.extract import embeddings_of
+    from embedkit.similarity import dataset_names
 
-    sets, taken = {}, set()
-    for spec in specs:
-        name = _name(spec, taken)
+    sets = {}
+    for name, spec in zip(dataset_names(specs), specs):
         _log(f"embedding {name}" + (f" with {model}" if model else ""))
         sets[name] = embeddings_of(spec, model, **options)
     return sets

@@ -91,8 +91,9 @@ def study(target, sources, models, classifier, budget, cv, seed, projection, lab
                + (f" (cheapest of {len(v['tied'])} tied)" if len(v["tied"]) > 1 else ""))
     if v["transfer"]:
         click.echo(f"how:      {v['transfer']} (rule of thumb: {v['strategy']})")
-    click.echo(f"accuracy: {v['accuracy']:.3f} (95% interval {v['low']:.3f}-{v['high']:.3f}, "
-               f"{v['classifier']}, {v['estimate']})")
+    interval = (f"{v['confidence']:.0%} interval {v['low']:.3f}-{v['high']:.3f}, "
+                if v["low"] is not None and v["high"] is not None else "")
+    click.echo(f"accuracy: {v['accuracy']:.3f} ({interval}{v['classifier']}, {v['estimate']})")
     for warning in result["warnings"]:
         click.echo(f"warning:  {warning}")
     click.echo(f"page:     {page}")

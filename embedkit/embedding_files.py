@@ -30,7 +30,6 @@ __all__ = ["PARTS_MARKER", "EmbeddingsWriter", "ids_sidecar", "is_parts_folder",
            "read_parquet_set", "read_saved", "read_sidecar"]
 
 PARTS_MARKER = "_embedkit.json"  # "_": skipped by Arrow, pandas and Spark readers
-FILE_SUFFIXES = (".parquet", ".npy", ".csv")
 #: Rows per part of a folder output when the number of parts is not given.
 PART_ROWS = 100_000
 
@@ -39,6 +38,7 @@ def output_kind(path, parts: int | None = None) -> str:
     """"parts" for a folder, else the file suffix; checked before any work is done."""
     text = os.fspath(path)
     suffix = Path(text).suffix.lower()
+    # a path ending in / (pathlib drops it, so also any path without a suffix) is a folder
     folder = text.endswith(("/", os.sep)) or Path(text).is_dir() or not suffix
     if parts is not None:
         if parts < 1:
@@ -49,11 +49,22 @@ def output_kind(path, parts: int | None = None) -> str:
     if folder:
         if Path(text).is_file():
             raise UsageError(f"{text}: a file is in the way of the output folder")
+        _check_free(Path(text))
         return "parts"
-    if suffix not in FILE_SUFFIXES:
+    from .embeddings import SAVE_SUFFIXES
+
+    if suffix not in SAVE_SUFFIXES:
         raise UsageError(f"{text}: save embeddings as .parquet, .npy or .csv, or as a folder "
                          "of Parquet parts (a path ending in /)")
     return suffix
+
+
+def _check_free(folder: Path):
+    """A folder output replaces embedkit's own earlier output, never anything else."""
+    if folder.is_dir() and not is_parts_folder(folder) and any(folder.iterdir()):
+        raise UsageError(f"{folder}: this folder holds other files; embedkit writes its parts "
+                         "into a new or empty folder (or one it wrote before, which it "
+                         "replaces)")
 
 
 def ids_sidecar(path) -> Path:
@@ -131,7 +142,7 @@ class EmbeddingsWriter:
             w = csv.writer(self._out)
             for i, ident in enumerate(ids):
                 w.writerow([ident, *(labels[k][i] for k in self.label_names),
-                            *(f"{x:.7g}" for x in vectors[i])])
+                            *(f"{x:.9g}" for x in vectors[i])])  # float32 exactly
         self.rows += len(ids)
 
     def _table(self, ids, vectors, labels):
@@ -182,10 +193,8 @@ class EmbeddingsWriter:
             (self._tmp / PARTS_MARKER).write_text(json.dumps(
                 {"meta": self.meta, "labels": self.label_names, "parts": self._parts,
                  "rows": self.rows, "dim": self.dim}, default=str, indent=1))
+            _check_free(self.path)  # still free, or embedkit's own earlier output
             if self.path.is_dir():
-                if not (is_parts_folder(self.path) or not any(self.path.iterdir())):
-                    raise UsageError(f"{self.path}: a folder that is not embedkit's output is "
-                                     "in the way; give a new or empty folder")
                 shutil.rmtree(self.path)
             os.replace(self._tmp, self.path)
         elif self.kind == ".npy":
@@ -224,7 +233,11 @@ class EmbeddingsWriter:
 
     def __exit__(self, exc_type, *rest):
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 
@@ -242,25 +255,27 @@ def read_parquet_set(files: list[Path]):
 
     from .store import column_vectors
 
-    opened = [pq.ParquetFile(f, memory_map=True) for f in files]
-    raw = (opened[0].schema_arrow.metadata or {}).get(b"embedkit") if opened else None
+    metas = [pq.read_metadata(f) for f in files]  # row counts, without holding files open
+    schema = pq.read_schema(files[0]) if files else None
+    raw = (schema.metadata or {}).get(b"embedkit") if schema is not None else None
     header = json.loads(raw) if raw else None
-    n = sum(f.metadata.num_rows for f in opened)
-    dim = opened[0].schema_arrow.field("vector").type.list_size if opened else 0
+    n = sum(m.num_rows for m in metas)
+    dim = schema.field("vector").type.list_size if schema is not None else 0
     vectors = np.empty((n, dim), dtype=np.float32)
     ids: list[str] = []
     names = (header or {}).get("labels", [])
     labels: dict[str, list] = {name: [] for name in names}
     at = 0
-    for f in opened:
-        for g in range(f.num_row_groups):
-            group = f.read_row_group(g)
-            rows = group.num_rows
-            vectors[at:at + rows] = column_vectors(group.column("vector"))
-            ids += group.column("id").to_pylist()
-            for name in names:
-                labels[name] += group.column(f"label:{name}").to_pylist()
-            at += rows
+    for path in files:
+        with pq.ParquetFile(path, memory_map=True) as f:
+            for g in range(f.num_row_groups):
+                group = f.read_row_group(g)
+                rows = group.num_rows
+                vectors[at:at + rows] = column_vectors(group.column("vector"))
+                ids += group.column("id").to_pylist()
+                for name in names:
+                    labels[name] += group.column(f"label:{name}").to_pylist()
+                at += rows
     return ids, vectors, labels, header
 
 
@@ -271,7 +286,7 @@ def read_saved(files: list[Path], label_names: list[str]):
         return read_parquet_set(files)[:3]
     if suffix == ".npy":
         ids, labels = read_sidecar(ids_sidecar(files[0]))
-        return ids, np.load(files[0], mmap_mode="r", allow_pickle=False), labels
+        return ids, np.load(files[0], allow_pickle=False), labels
     with open(files[0], newline="", encoding="utf-8") as f:  # .csv: id, labels, v0...
         reader = csv.reader(f)
         next(reader)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .errors import NotFoundError, UsageError
 
-__all__ = ["LOAD_SUFFIXES", "check_output_suffix", "EmbeddingSet",
+__all__ = ["LOAD_SUFFIXES", "SAVE_SUFFIXES", "check_output_suffix", "EmbeddingSet",
            "is_embeddings_file", "load_embeddings"]
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ class EmbeddingSet:
         except ValueError as exc:  # lancedb's "Table 'x' already exists"
             raise UsageError(f"{uri}: {exc}; --overwrite replaces it") from None
 
+SAVE_SUFFIXES = (".parquet", ".npy", ".csv")  # and a folder of Parquet parts
+
+
 def check_output_suffix(path, parts: int | None = None) -> Path:
     """The path, if embeddings can be saved there (checked before any work is done): a
     .parquet / .npy / .csv file, or a folder of Parquet parts."""
@@ -149,7 +152,9 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
             else row numbers).
         label_column: scalar column(s) of a foreign Parquet file to keep as label columns
             (none unless named; the first is the primary label).
-        ids: a text file with one id per line, for vectors that carry no ids (.npy / .npz).
+        ids: a text file with one id per line, for vectors that carry no ids (.npy / .npz);
+            by default the sidecar NAME.ids.csv (ids and labels) that embedkit writes beside
+            NAME.npy, when there is one.
 
     Raises:
         NotFoundError: no such file (or ids file).  UsageError: a file that holds no
@@ -159,8 +164,23 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
 
     path = Path(path)
     if is_parts_folder(path):
-        header = json.loads((path / PARTS_MARKER).read_text())
-        return SavedSet(header, [path / name for name in header["parts"]])
+        if vector_column or id_column or label_column or ids:
+            raise UsageError(f"{path}: a folder of embedkit parts carries its own columns; "
+                             "vector / id / label columns are for other tools' files")
+        try:
+            header = json.loads((path / PARTS_MARKER).read_text())
+            missing_keys = {"parts", "rows", "dim"} - set(header)
+            if missing_keys:
+                raise KeyError(", ".join(sorted(missing_keys)))
+            files = [path / name for name in header["parts"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{path / PARTS_MARKER}: damaged ({type(exc).__name__}: {exc}); "
+                             "write the folder again (embedkit extract ... -o FOLDER/)") from None
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UsageError(f"{path}: parts missing ({', '.join(missing[:3])}); write the "
+                             "folder again (embedkit extract ... -o FOLDER/)")
+        return SavedSet(header, files)
     if not path.is_file():
         raise NotFoundError(f"{path}: no such embeddings file or folder of parts")
     suffix = path.suffix.lower()
@@ -339,7 +359,7 @@ def _load_numpy(path: Path, name: str | None, ids_file) -> EmbeddingSet:
 
     if ids_file is None and ids_sidecar(path).is_file():  # written beside it by embedkit
         ids_file = ids_sidecar(path)
-    if ids_file is not None and str(ids_file).lower().endswith(".csv"):
+    if ids_file is not None and str(ids_file).lower().endswith(".ids.csv"):
         if not Path(ids_file).is_file():
             raise NotFoundError(f"{ids_file}: no such ids file")
         ident, sidecar_labels = read_sidecar(Path(ids_file))

@@ -158,12 +158,13 @@ def _progress(total: int, enabled: bool | None, unit: str):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-def content_keys(items: list[Item], store: Store
+def content_keys(items: "list[Item] | Dataset", store: Store
                  ) -> tuple[list[str | None], list[tuple[str, str]]]:
     """sha256 per item (None where unusable) and the (id, reason) of the unusable items: of the
     normalised text, of an in-memory image's RGB pixels with their shape (`pixels_sha256`), of
     in-memory bytes, or of a file's bytes (through the store's file-identity
     cache, so an unchanged file is checked with stat, not re-read)."""
+    items = list(items.items if isinstance(items, Dataset) else items)
     usable = [it for it in items if it.error is None]
     files = store.file_hashes([it.path for it in usable if it.text is None and it.data is None
                                and it.image is None and it.path is not None])

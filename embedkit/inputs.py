@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import os
+import re
 import sys
 import unicodedata
 import warnings
@@ -41,7 +42,7 @@ PATH_COLUMNS = ("path", "file", "filename", "image")
 TEXT_COLUMNS = ("text", "sentence", "document")
 
 
-@dataclass
+@dataclass(slots=True)  # a folder of a million files holds a million of these
 class Item:
     """One thing to embed.  `id` is stable and unique within its dataset: the path relative to
     the dataset root for files, the `id` column of a manifest where it has one, else the line
@@ -190,7 +191,7 @@ def _read_manifest(path: Path) -> tuple[list[tuple[int, dict]], str | None]:
             raise BadInputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
         return [(n, {k: v for k, v in r.items() if k is not None}) for n, r in rows], note
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(split_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -203,6 +204,14 @@ def _read_manifest(path: Path) -> tuple[list[tuple[int, dict]], str | None]:
                                 '(JSON Lines), e.g. {"path": "a.jpg", "label": "cat"}')
         rows.append((lineno, row))
     return rows, note
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as an editor numbers them: ended by \\n, \\r\\n or \\r only.  (str.splitlines
+    also breaks at form feeds, U+2028 and other separators, which JSON allows inside strings
+    and editors show inside a line.)"""
+    lines = re.split(r"\r\n|\r|\n", text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
 
 
 def _cell(value) -> str | None:

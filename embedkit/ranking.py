@@ -36,6 +36,7 @@ score only beyond the budget.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -262,7 +263,7 @@ def inference_seconds(dataset, model: str, layer: str | None = None, items: int 
     from .registry import create_backbone
 
     ds = open_dataset(dataset, label=options.pop("label", None))
-    chosen = [item for item in ds.items if not item.error][:items]
+    chosen = list(itertools.islice((item for item in ds.items if not item.error), items))
     if not chosen:
         raise UsageError(f"{dataset}: no items to time")
     backbone = create_backbone(model, layer=layer, **options)

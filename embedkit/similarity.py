@@ -30,6 +30,7 @@ and layer, and computes in float64:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ from .errors import UsageError
 from .options import Options
 
 __all__ = ["EMD_CLUSTERS", "EMD_GAMMA", "MEASURE_NAMES", "MEASURES", "MMD_MAX_ITEMS", "as_array",
-           "check_same_probe", "class_means", "cosine_mean", "dataset_similarity",
+           "check_same_probe", "class_means", "cosine_mean", "dataset_names", "dataset_similarity",
            "earth_movers_distance", "emd_similarity", "frechet_distance", "has_labels",
            "linear_cka", "measure", "Measure", "median_bandwidth", "metric_names", "mmd2",
            "paired", "rank_sources", "similarity_matrix", "SimilarityMatrix", "trace_sqrt_product"]
@@ -403,3 +404,18 @@ def rank_sources(target, sources, metrics: str | Sequence[str] = "cosine-mean",
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     return [{"rank": r.pop("rank"), **r} for r in rows]
+
+
+def dataset_names(specs) -> list[str]:
+    """Short unique names for datasets in a comparison: the folder or file name (#2, #3 on a
+    clash)."""
+    names, taken = [], set()
+    for spec in specs:
+        base = Path(str(spec).rstrip("/")).name or str(spec)
+        base = base.removesuffix(".parquet")
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}#{i}", i + 1
+        taken.add(name)
+        names.append(name)
+    return names

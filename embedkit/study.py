@@ -87,7 +87,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
     from .inputs import open_dataset
     from .options import PROJECTIONS
     from .ranking import CONFIDENCE, DEFAULT_BUDGET
-    from .similarity import similarity_matrix
+    from .similarity import dataset_names, similarity_matrix
     from .transfer import parse_candidate, rank_models
 
     log = log or (lambda message: None)
@@ -104,7 +104,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
     clock = time.perf_counter()
     ranking = rank_models(target, models, validate=True, budget=budget, log=log,
                           **target_options)
-    quoted = quote_ranking(ranking, inference_cost(dataset.root))
+    quoted = quote_ranking(ranking, inference_cost(dataset))
     timings["ranking_s"] = time.perf_counter() - clock
     pick = next(r for r in ranking.rows if r["candidate"] == quoted["pick"]["candidate"])
     candidates = {c.label: c for spec in models for c in parse_candidate(spec)}
@@ -117,7 +117,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
     closest = None
     if sources:
         probe = pick["model"]
-        names = _display_names([target, *sources])
+        names = dataset_names([target, *sources])
         sets = {names[0]: embeddings_of(target, probe, **target_options)}
         for name, spec in zip(names[1:], sources):
             log(f"embedding the source {name} with {probe}")
@@ -163,7 +163,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
         "source_similarity": similarity["closest_value"] if similarity else None,
         "transfer": None if advice is None else ("freeze" if advice["small"] else "fine-tune"),
         "strategy": advice["strategy"] if advice else None,
-        "next_command": _train_command(str(target), pick, classifier),
+        "next_command": _train_command(str(target), pick, classifier, label),
         "accuracy": report["accuracy"], "low": evaluation["low"], "high": evaluation["high"],
         "confidence": CONFIDENCE, "classifier": classifier,
         "estimate": f"nested {evaluation['outer_folds']}-fold cross-validation "
@@ -205,26 +205,13 @@ def _default_candidates(modality: str) -> list[str]:
     return [f"{model}@{lower}", model] if lower else [model]
 
 
-def _train_command(target: str, pick: dict, classifier: str) -> str:
+def _train_command(target: str, pick: dict, classifier: str, label: str | None) -> str:
     """The command that trains what the verdict measured (the rule of thumb's own command is in
-    its section): the picked model and layer, the judged classifier."""
+    its section): the picked model and layer, the judged classifier, the studied label."""
     layer = f" --layer {shlex.quote(pick['layer'])}" if pick.get("layer") else ""
+    column = f" --label {shlex.quote(label)}" if label else ""
     return (f"embedkit train {shlex.quote(target)} --model {shlex.quote(pick['model'])}{layer} "
-            f"--classifier {classifier} -o model.skops")
-
-
-def _display_names(specs) -> list[str]:
-    """Short unique names for datasets: the folder or file name (#2, #3 on a clash)."""
-    names, taken = [], set()
-    for spec in specs:
-        base = Path(str(spec).rstrip("/")).name or str(spec)
-        base = base.removesuffix(".parquet")
-        name, i = base, 2
-        while name in taken:
-            name, i = f"{base}#{i}", i + 1
-        taken.add(name)
-        names.append(name)
-    return names
+            f"--classifier {classifier}{column} -o model.skops")
 
 
 def honest_evaluation(features, classifier: str = "svm-linear", cv: int = 5,

@@ -19,9 +19,11 @@ points get a ring, so no distinction rests on hue alone.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
+import math
 
 __all__ = ["OKABE_ITO", "THUMB_PX", "number", "render", "thumbnail"]
 
@@ -55,8 +57,13 @@ def _viridis(t: float) -> str:
 
 
 def _ink(t: float) -> str:
-    """Text colour readable on viridis(t): white on its dark half, black on its light half."""
-    return "#ffffff" if t < 0.55 else "#000000"
+    """Black or white, whichever contrasts more with viridis(t) (WCAG 2 relative luminance and
+    contrast ratio), so every cell's number reads at 4.5:1 or better."""
+    colour = _viridis(t)
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    lum = sum(w * (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4)
+              for w, c in zip((0.2126, 0.7152, 0.0722), channels))
+    return "#000000" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "#ffffff"
 
 
 def class_colours(classes: list[str]) -> dict[str, str]:
@@ -122,23 +129,32 @@ def _ranking_svg(rows, metric: str) -> str:
     """Horizontal bars: each candidate's probe accuracy, whiskers its interval."""
     bar, left, width = 30, 250, 420
     height = 20 + bar * len(rows) + 20
-    out = [f'<svg class="ranking" role="img" viewBox="0 0 {left + width + 140} {height}" '
-           f'width="{left + width + 140}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
+    out = [f'<svg class="ranking" role="img" viewBox="0 0 {left + width + 240} {height}" '
+           f'width="{left + width + 240}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+           '<defs><pattern id="placed" width="6" height="6" patternUnits="userSpaceOnUse" '
+           'patternTransform="rotate(45)"><rect width="6" height="6" fill="#fff"/>'
+           '<line x1="0" y1="0" x2="0" y2="6" stroke="#21918c" stroke-width="3"/></pattern>'
+           '</defs>']
     for i, r in enumerate(rows):
         y = 20 + i * bar
         value = r.get(metric)
         out.append(f'<text x="{left - 8}" y="{y + bar / 2 + 4}" text-anchor="end">'
                    f'{esc(r["candidate"])}</text>')
-        if value is not None:
-            fill = "#21918c" if r.get("tied") or i == 0 else "#8fc6c3"
-            out.append(f'<rect x="{left}" y="{y + 5}" width="{width * value:.1f}" '
-                       f'height="{bar - 10}" fill="{fill}"><title>{esc(r["candidate"])}: '
-                       f'{number(value)}</title></rect>')
+        placed = "over budget" in str(r.get("method", ""))  # extrapolated, not measured
+        if value is not None and math.isfinite(value):
+            fill = "url(#placed)" if placed else \
+                "#21918c" if r.get("tied") or i == 0 else "#8fc6c3"
+            out.append(f'<rect x="{left}" y="{y + 5}" width="{width * min(max(value, 0), 1):.1f}" '
+                       f'height="{bar - 10}" fill="{fill}" stroke="#21918c"><title>'
+                       f'{esc(r["candidate"])}: {number(value)}'
+                       f'{" (placed from its fallback score, not measured)" if placed else ""}'
+                       '</title></rect>')
         if r.get("low") is not None:
             x0, x1, yc = left + width * r["low"], left + width * r["high"], y + bar / 2
             out.append(f'<path d="M{x0:.1f} {yc}H{x1:.1f}M{x0:.1f} {yc - 6}V{yc + 6}'
                        f'M{x1:.1f} {yc - 6}V{yc + 6}" stroke="#000" stroke-width="1.5"/>')
-        label = number(value) + (" (tied)" if r.get("tied") and len(rows) > 1 else "")
+        label = number(value) + (" (tied)" if r.get("tied") and len(rows) > 1 else "") + \
+            (" (placed, not measured)" if placed else "")
         out.append(f'<text x="{left + width + 8}" y="{y + bar / 2 + 4}">{label}</text>')
     out.append(f'<line x1="{left}" x2="{left}" y1="14" y2="{height - 14}" stroke="#444"/>')
     out.append(f'<line x1="{left + width}" x2="{left + width}" y1="14" y2="{height - 14}" '
@@ -201,7 +217,7 @@ def _map_svg(points, colours) -> str:
         cy = size - pad - (size - 2 * pad) * scale(p["y"], min(ys), max(ys))
         wrong = p["predicted"] != p["label"]
         ring = ' stroke="#000" stroke-width="2.5"' if wrong else ' stroke="#333" stroke-width="0.6"'
-        out.append(f'<circle class="point" data-i="{i}" tabindex="0" cx="{cx:.1f}" '
+        out.append(f'<circle class="point" data-i="{i}" cx="{cx:.1f}" '
                    f'cy="{cy:.1f}" r="{7 if wrong else 6}" fill="{colours[p["label"]]}"{ring}>'
                    f'<title>{esc(p["id"])}: {esc(p["label"])}'
                    f'{" (predicted " + esc(p["predicted"]) + ")" if wrong else ""}</title>'
@@ -218,7 +234,11 @@ def _table(rows: list[list], header: list[str], cls: str = "") -> str:
 
 
 def _figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
+    """The figure, named for screen readers by its caption (which states data and settings)."""
+    name = "fig-" + hashlib.sha1(caption.encode()).hexdigest()[:10]
+    svg = svg.replace("<svg ", f'<svg aria-labelledby="{name}" ', 1)
+    return f'<figure>{svg}<figcaption id="{name}">{caption}</figcaption></figure>'
+
 
 
 def _verdict(s: dict) -> str:
@@ -379,11 +399,17 @@ def _map(s: dict, colours: dict) -> str:
                f"features of {esc(m['candidate'])} to two dimensions (seed "
                f"{s['settings']['seed']}); one point per target item, coloured by its label "
                "(Okabe-Ito palette); a black ring marks an item the classifier got wrong out "
-               "of fold. Hover over or focus a point for its thumbnail, id and label.")
+               "of fold. Hover over a point for its thumbnail, id and label (Escape hides it); "
+               "the table below lists every point.")
+    rows = [[p["id"], p["label"], p["predicted"], number(p["x"]), number(p["y"])]
+            for p in m["points"]]
+    table = _table(rows, ["id", "label", "predicted (out of fold)", "x", "y"])
     return (f'<section id="map-section"><h2>Embedding map</h2><div class="legend">{legend}'
             f'<span class="key"><span class="swatch ring"></span>misclassified</span></div>'
             f'{_figure(_map_svg(m["points"], colours), caption)}'
-            '<div id="tip" class="tip" hidden></div></section>')
+            '<div id="tip" class="tip" hidden></div>'
+            f'<details><summary>Every point ({len(rows)} items)</summary>{table}</details>'
+            '</section>')
 
 
 def _confused(s: dict, thumbs: list) -> str:
@@ -445,7 +471,7 @@ align-items:center;gap:4px}.swatch{width:12px;height:12px;border-radius:50%;disp
 .tip{position:absolute;background:#fff;border:1px solid #333;padding:6px;font-size:.85em;
 box-shadow:2px 2px 6px rgba(0,0,0,.3);pointer-events:none}
 .tip img{image-rendering:pixelated;display:block;margin:0 auto 4px}
-circle.point:focus{outline:none;stroke:#D55E00;stroke-width:3}
+
 code{background:#f4f4f4;padding:1px 4px}
 """
 
@@ -477,9 +503,8 @@ _JS = """
   }
   function hide() { tip.hidden = true; }
   map.addEventListener('mouseover', show);
-  map.addEventListener('focusin', show);
   map.addEventListener('mouseout', hide);
-  map.addEventListener('focusout', hide);
+  document.addEventListener('keydown', function (e) { if (e.key === 'Escape') hide(); });
   document.body.setAttribute('data-ready', '1');
 })();
 """

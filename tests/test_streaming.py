@@ -121,6 +121,7 @@ def test_a_failed_run_leaves_no_output_and_keeps_the_cache(tmp_path, digits_smal
     b"alpha\r\nbeta\rgamma\n\n  \ndelta",
     b"\xef\xbb\xbfone\ntw\xffo\r\n\r\nthree\r",
     b"x" * 50 + b"\r" + b"\n" + b"y" * 70 + b"\n" + b"z" * 3,
+    "page\fbreak\nline\u2028separator\x85next\n".encode(),  # inside lines, as editors show
 ])
 def test_text_lines_stream_as_an_editor_numbers_them(tmp_path, monkeypatch, content):
     monkeypatch.setattr(TextLines, "BLOCK", 7)  # lines, \r\n pairs and the BOM cross blocks
@@ -128,10 +129,18 @@ def test_text_lines_stream_as_an_editor_numbers_them(tmp_path, monkeypatch, cont
     path.write_bytes(content)
     ds = open_dataset(path)
     text = content.decode("utf-8-sig", errors="replace")
-    expected = [(str(n), line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    ends = re.split(r"\r\n|\r|\n", text)
+    expected = [(str(n), line) for n, line in enumerate(ends, 1) if line.strip()]
     assert [(it.id, it.text) for it in ds.items] == expected
     assert len(ds) == len(expected) and ds.items[-1].text == expected[-1][1]
     assert bool(ds.notes) == (b"\xff" in content)
+
+
+def test_jsonl_keeps_separators_that_json_allows_inside_strings(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"text": "one\u2028still one"}\n{"text": "two"}\n',
+                                      encoding="utf-8")
+    ds = open_dataset(tmp_path / "t.jsonl")
+    assert [(it.id, it.text) for it in ds.items] == [("1", "one\u2028still one"), ("2", "two")]
 
 
 def _peak_mb(code: str, tmp_path) -> float:
@@ -179,3 +188,31 @@ def test_readme_pandas_and_duckdb_snippets_read_the_parts(tmp_path, monkeypatch,
     exec(_readme_block("# DuckDB (tested)"), {})
     shown = capsys.readouterr().out
     assert all(re.search(rf"\b{digit}\b\s*│\s*4\b", shown) for digit in "56789"), shown
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, lines):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "photo.jpg").write_bytes(b"mine")
+    for out, words in [(f"{busy}/", "holds other files"), (str(busy), "holds other files"),
+                       (str(tmp_path / "x.txt"), "save embeddings as")]:
+        result = CliRunner().invoke(cli, ["extract", str(lines), "-m", "glove-6b-50d", "-o", out,
+                                          "--cache", str(tmp_path / "c")])
+        assert result.exit_code == 2 and words in result.output, result.output
+    assert not (tmp_path / "c").exists(), "refused before the cache was touched"
+    assert [p.name for p in busy.iterdir()] == ["photo.jpg"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp folder"
+
+
+def test_a_damaged_parts_folder_and_a_plain_ids_file_read_as_before(tmp_path, lines):
+    from embedkit.errors import UsageError
+
+    es = embedkit.extract(lines, "glove-6b-50d", cache=tmp_path / "c", progress=False,
+                          output=tmp_path / "out/")
+    (tmp_path / "out" / "_embedkit.json").write_text('{"parts": ')
+    with pytest.raises(UsageError, match="_embedkit.json: damaged"):
+        load_embeddings(tmp_path / "out")
+    np.save(tmp_path / "v.npy", es.vectors[:3])
+    (tmp_path / "names.csv").write_text("a,1\nb,2\nc,3\n")  # one id per line, commas and all
+    assert load_embeddings(tmp_path / "v.npy", ids=tmp_path / "names.csv").ids == \
+        ["a,1", "b,2", "c,3"]
