@@ -323,7 +323,7 @@ def _engine_session(ray: dict | None):
     """One Ray session for all the chunks of a run (engine="ray"), else nothing to open."""
     if ray is None:
         return contextlib.nullcontext()
-    from .ray_engine import session
+    from .distributed import session
 
     return session(ray["address"])
 
@@ -419,7 +419,7 @@ class _Run:
                                          f"{backbone.source.hint}")
             computing = time.perf_counter()
             if self.ray is not None:
-                from .ray_engine import compute_on_ray
+                from .distributed import compute_on_ray
 
                 computed, bad = compute_on_ray(
                     backbone, list(todo.items()), self.store, self.fingerprint,

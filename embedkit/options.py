@@ -56,7 +56,7 @@ TEXT_POOLINGS = Options("text pooling", ("mean", "sif"))
 PRECISIONS = Options("precision", ("auto", "fp32", "bf16", "fp16"))
 RUNTIMES = Options("runtime", ("torch", "onnx", "openvino"))
 DECODES = Options("decode", ("auto", "cpu", "device"))
-#: Where extraction runs: this process, or Ray Data (embedkit.ray_engine).
+#: Where extraction runs: this process, or Ray Data (embedkit.distributed).
 ENGINES = Options("engine", ("local", "ray"))
 MODALITIES = Options("modality", ("image", "text"))
 SCALERS = Options("scaling", ("standard", "l2"))

@@ -18,7 +18,7 @@ import pytest
 
 import embedkit
 from embedkit.errors import MissingExtra, UsageError
-from embedkit.ray_engine import plan_workers
+from embedkit.distributed import plan_workers
 from embedkit.store import Store
 
 
