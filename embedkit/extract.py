@@ -478,7 +478,8 @@ def _choose_path(backbone, ds: Dataset, dev: str, precision: str, runtime: str, 
         backbone = with_runtime(backbone, runtime, store.root)
     in_runtime = backbone.runtime != "torch"  # a runtime validates its own precision
     backbone.to(dev, precision if in_runtime else pick_precision(precision, dev))
-    in_memory = ds.modality == "image" and any(it.image is not None for it in ds.items)
+    # decoded already: in-memory images come only in lists (`from_list`), never streamed
+    in_memory = isinstance(ds.items, list) and any(it.image is not None for it in ds.items)
     if in_memory and decode == "device":
         raise UsageError("decode='device' decodes image files; in-memory images are decoded "
                          "already (use decode='auto' or 'cpu')")

@@ -16,7 +16,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 __all__ = ["atomic_write", "available_cores", "display_name", "restricted_load", "walk_files",
            "WalkEntry", "NUMPY_TYPES"]
@@ -85,60 +85,75 @@ class WalkEntry:
     folder: bool = False  # the problem concerns a folder (unlistable, or a link loop)
 
 
-def walk_files(root: str | os.PathLike, follow_links: bool = True) -> list[WalkEntry]:
-    """Every regular file under `root`, sorted by relative path, without recursion.
+def walk_files(root: str | os.PathLike, follow_links: bool = True) -> Iterator[WalkEntry]:
+    """Every regular file under `root`, in order of relative path, without recursion, yielded
+    as found: the walk holds the folders on its current branch, never the whole tree, so a
+    folder of a million files is walked in the memory of its largest folder.
 
-    Hidden entries (a leading dot) are skipped.  Symbolic links to files are followed; links to
-    folders are followed once (a folder already on the current branch is a loop and reported);
-    dangling links, links that loop and folders that cannot be listed come back as entries with
-    an `error`, so the caller can list them as skipped instead of letting them vanish.
+    The order is that of sorting every relative path, because each folder's entries are visited
+    sorted with a folder named as `name/` (all of its files share that prefix).  Hidden entries
+    (a leading dot) are skipped.  Symbolic links to files are followed; links to folders are
+    followed once (a folder already on the current branch is a loop and reported); dangling
+    links, links that loop and folders that cannot be listed come back as entries with an
+    `error`, so the caller can list them as skipped instead of letting them vanish.
     """
     root = os.fspath(root)
-    out: list[WalkEntry] = []
     top = os.stat(root)
-    # each stack entry: (folder path, relative parts, identities of the folders above it)
-    stack = [(root, (), frozenset({(top.st_dev, top.st_ino)}))]
+    # each stack entry: the sorted entries of a folder still to visit, and its context
+    stack = [_listed(root, (), frozenset({(top.st_dev, top.st_ino)}), follow_links)]
     while stack:
-        folder, parts, ancestors = stack.pop()
+        found = next(stack[-1], None)
+        if found is None:
+            stack.pop()
+        elif isinstance(found, WalkEntry):
+            yield found
+        else:  # a folder to descend into, in its place in the order
+            stack.append(_listed(*found, follow_links))
+
+
+def _listed(folder: str, parts: tuple, ancestors: frozenset, follow_links: bool):
+    """The entries of one folder in walk order: WalkEntry for files and problems, and
+    (path, parts, ancestors) for the folders to descend into."""
+    try:
+        with os.scandir(folder) as it:
+            names = [e for e in it if not e.name.startswith(".")]
+    except OSError as exc:
+        rel = "/".join(parts) or "."
+        yield WalkEntry(folder, display_name(rel),
+                        f"cannot list folder ({exc.strerror or exc})", folder=True)
+        return
+    visits = []
+    for entry in names:
+        rel_parts = (*parts, entry.name)
+        rel = display_name("/".join(rel_parts))
         try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            st = os.stat(entry.path) if follow_links else entry.stat(follow_symlinks=False)
         except OSError as exc:
-            rel = "/".join(parts) or "."
-            out.append(WalkEntry(folder, display_name(rel),
-                                 f"cannot list folder ({exc.strerror or exc})", folder=True))
+            if entry.is_symlink():
+                why = ("symbolic link loop" if exc.errno == errno.ELOOP else
+                       "dangling symbolic link" if exc.errno == errno.ENOENT else
+                       f"unreadable link ({exc.strerror})")
+                visits.append((rel, WalkEntry(entry.path, rel, why)))
+            else:
+                visits.append((rel, WalkEntry(entry.path, rel,
+                                              f"cannot stat ({exc.strerror or exc})")))
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            rel_parts = (*parts, entry.name)
-            rel = display_name("/".join(rel_parts))
-            try:
-                st = os.stat(entry.path) if follow_links else entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                if entry.is_symlink():
-                    why = ("symbolic link loop" if exc.errno == errno.ELOOP else
-                           "dangling symbolic link" if exc.errno == errno.ENOENT else
-                           f"unreadable link ({exc.strerror})")
-                    out.append(WalkEntry(entry.path, rel, why))
-                else:
-                    out.append(WalkEntry(entry.path, rel, f"cannot stat ({exc.strerror or exc})"))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                ident = (st.st_dev, st.st_ino)
-                if ident in ancestors:
-                    out.append(WalkEntry(entry.path, rel,
-                                         "symbolic link loop (points at a folder above it)",
-                                         folder=True))
-                    continue
-                stack.append((entry.path, rel_parts, ancestors | {ident}))
-            elif stat.S_ISREG(st.st_mode):
-                out.append(WalkEntry(entry.path, rel))
-            else:  # reading a FIFO would block forever; sockets and devices are not data
-                out.append(WalkEntry(entry.path, rel, "not a regular file (FIFO, socket or "
-                                                      "device)"))
-    out.sort(key=lambda e: e.rel)
-    return out
+        if stat.S_ISDIR(st.st_mode):
+            ident = (st.st_dev, st.st_ino)
+            if ident in ancestors:
+                visits.append((rel, WalkEntry(entry.path, rel, "symbolic link loop (points "
+                                              "at a folder above it)", folder=True)))
+            else:
+                visits.append((rel + "/", (entry.path, rel_parts, ancestors | {ident})))
+        elif stat.S_ISREG(st.st_mode):
+            visits.append((rel, WalkEntry(entry.path, rel)))
+        else:  # reading a FIFO would block forever; sockets and devices are not data
+            visits.append((rel, WalkEntry(entry.path, rel, "not a regular file (FIFO, socket "
+                                                           "or device)")))
+    del names
+    visits.sort(key=lambda v: v[0])
+    for _, visit in visits:
+        yield visit
 
 
 def available_cores() -> int:

@@ -284,45 +284,91 @@ def _from_folder(root: Path, label: str | None = None, within: str | None = None
     for name in MANIFEST_NAMES:  # a folder that carries its own manifest is that manifest
         if (root / name).is_file():
             return _from_manifest(root / name, label, within)
-    entries = walk_files(root)
-
-    def suffix(e):
-        return os.path.splitext(e.rel)[1].lower()
-
-    images = [e for e in entries if suffix(e) in IMAGE_SUFFIXES]
-    texts = [e for e in entries if suffix(e) in TEXT_SUFFIXES]
-    if not any(e.error is None for e in images + texts):
+    # one walk to learn what the folder holds (nothing kept), and another for each use
+    counts = {"image": 0, "text": 0}  # files of the kind, and folder problems, per modality
+    kinds = {"image": 0, "text": 0}
+    labelled = {"image": True, "text": True}
+    usable = False
+    for e in walk_files(root):
+        kind = _kind(e)
+        if kind:
+            kinds[kind] += 1
+            labelled[kind] &= "/" in e.rel
+            usable |= e.error is None
+        for modality in counts:
+            counts[modality] += kind == modality or bool(e.error and e.folder)
+    if not usable:
         raise BadInputError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .txt "
                             "files found; point at a folder of images or a manifest")
-    chosen, modality = (images, "image") if len(images) >= len(texts) else (texts, "text")
-    problems = [e for e in entries if e.error and e.folder]
-    labelled = all("/" in e.rel for e in chosen)
-    items, notes = [], []
-    for e in sorted(chosen + problems, key=lambda e: e.rel):
-        labels = {"label": e.rel.split("/", 1)[0]} if labelled and not e.folder else {}
-        if e.error:
-            items.append(Item(e.rel, path=e.path, labels=labels, error=f"{e.rel}: {e.error}"))
-        elif modality == "image":
-            items.append(Item(e.rel, path=e.path, labels=labels))
-        else:
-            try:
-                text, note = read_text(Path(e.path))
-            except OSError as exc:
-                items.append(Item(e.rel, labels=labels,
-                                  error=f"{e.rel}: cannot read ({exc.strerror or exc})"))
+    modality = "image" if kinds["image"] >= kinds["text"] else "text"
+    folder = FolderItems(root, modality, labelled[modality], counts[modality])
+    # texts are held anyway (Item.text): read them now, once, with their decoding notes
+    items = folder if modality == "image" else list(folder)
+    return Dataset(str(root), modality, items, ["label"] if labelled[modality] else [],
+                   folder.notes)
+
+
+def _kind(entry) -> str | None:
+    suffix = os.path.splitext(entry.rel)[1].lower()
+    return "image" if suffix in IMAGE_SUFFIXES else "text" if suffix in TEXT_SUFFIXES else None
+
+
+class _Streamed(Sequence):
+    """Items made again on each iteration instead of held, so a dataset of a million items
+    costs no more memory than one of a thousand; `_count` is known from a first pass.  Indexing
+    works (by iterating up to the item), for small datasets and tests."""
+
+    _count = 0
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(itertools.islice(iter(self), *i.indices(len(self))))
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return next(itertools.islice(iter(self), i, None))
+
+
+class FolderItems(_Streamed):
+    """The files of one kind under a folder, in order of relative path (`files.walk_files`),
+    with their class subfolder as the label when every file has one; folders that cannot be
+    listed or that loop come along as skipped items.  A text file's decoding note, if any, goes
+    to `notes` when it is read."""
+
+    def __init__(self, root: Path, modality: str, labelled: bool, count: int):
+        self.root, self.modality, self.labelled, self._count = root, modality, labelled, count
+        self.notes: list[str] = []
+
+    def __iter__(self):
+        for e in walk_files(self.root):
+            if _kind(e) != self.modality and not (e.error and e.folder):
                 continue
-            notes += [note] if note else []
-            items.append(Item(e.rel, text=text, labels=labels))
-    return Dataset(str(root), modality, items, ["label"] if labelled else [], notes)
+            labels = {"label": e.rel.split("/", 1)[0]} if self.labelled and not e.folder else {}
+            if e.error:
+                yield Item(e.rel, path=e.path, labels=labels, error=f"{e.rel}: {e.error}")
+            elif self.modality == "image":
+                yield Item(e.rel, path=e.path, labels=labels)
+            else:
+                try:
+                    text, note = read_text(Path(e.path))
+                except OSError as exc:
+                    yield Item(e.rel, labels=labels,
+                               error=f"{e.rel}: cannot read ({exc.strerror or exc})")
+                    continue
+                self.notes += [note] if note else []
+                yield Item(e.rel, text=text, labels=labels)
 
 
-class TextLines(Sequence):
-    """The non-empty lines of a .txt file as Items, streamed from the file instead of held:
-    a file of a million lines costs no more memory than one of a thousand.  Opening it reads
+class TextLines(_Streamed):
+    """The non-empty lines of a .txt file as Items, streamed from the file.  Opening it reads
     the file once, to count the lines and find bytes that are not UTF-8 (the one text policy of
     `read_text`: a byte-order mark dropped, bad bytes replaced by U+FFFD); iterating reads it
-    again.  Lines end at \\n, \\r\\n or \\r, and an item's id is its line number, as an editor
-    shows it.  Indexing works (by reading up to that line), for small files and tests."""
+    again.  Lines end at \\n, \\r\\n or \\r (`split_lines`), and an item's id is its line
+    number, as an editor shows it."""
 
     BLOCK = 1 << 20
 
@@ -359,21 +405,9 @@ class TextLines(Sequence):
                 if not block:
                     return
 
-    def __len__(self):
-        return self._count
-
     def __iter__(self):
         for lineno, text, _ in self._lines():
             yield Item(str(lineno), text=text)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [it for it in itertools.islice(iter(self), *i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        return next(itertools.islice(iter(self), i, None))
 
 
 def _from_text_lines(path: Path) -> Dataset:

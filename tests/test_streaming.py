@@ -216,3 +216,20 @@ def test_a_damaged_parts_folder_and_a_plain_ids_file_read_as_before(tmp_path, li
     (tmp_path / "names.csv").write_text("a,1\nb,2\nc,3\n")  # one id per line, commas and all
     assert load_embeddings(tmp_path / "v.npy", ids=tmp_path / "names.csv").ids == \
         ["a,1", "b,2", "c,3"]
+
+
+def test_the_folder_walk_streams_in_the_order_of_sorted_relative_paths(tmp_path):
+    """Each folder is visited with its entries sorted and a folder named `name/`, which is the
+    order of sorting every relative path: the walk never needs the whole tree to sort it."""
+    from embedkit.files import walk_files
+
+    names = ["a/x.png", "a-b.png", "a.png", "a/b/c.png", "a/b-c.png", "a0.png", "b/a.png",
+             "A/z.png", "a b/q.png", "ab/y.png", "a/ä.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    walked = [e.rel for e in walk_files(tmp_path)]
+    assert walked == sorted(names)
+    ds = open_dataset(tmp_path)
+    assert [it.id for it in ds.items] == sorted(names) and len(ds) == len(names)
+    assert not isinstance(ds.items, list), "image folders are walked, not held"
