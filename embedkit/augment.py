@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .backbone import Backbone, fingerprint_of
+from .backbone import Backbone, WrappingBackbone, fingerprint_of
 from .embeddings import EmbeddingSet
 from .errors import UsageError
 
@@ -108,7 +108,7 @@ class AugmentSpec:
         return image
 
 
-class AugmentedBackbone(Backbone):
+class AugmentedBackbone(WrappingBackbone):
     """View `view` (1, 2, ...) of every image under `spec`, embedded by `base`."""
 
     def __init__(self, base: Backbone, spec: AugmentSpec | str | None = None, view: int = 1,
@@ -118,7 +118,7 @@ class AugmentedBackbone(Backbone):
                              f"{base.modality}s")
         if view < 1:
             raise UsageError(f"augmented views are numbered from 1 (0 is the original), not {view}")
-        self.base = base
+        self.wrapped = base
         self.spec = AugmentSpec.parse(spec)
         self.view = int(view)
         self.seed = int(seed)
@@ -126,36 +126,19 @@ class AugmentedBackbone(Backbone):
         self.modality = base.modality
         self.family = base.family
 
-    # what extract() records in an EmbeddingSet's meta: the wrapped backbone's reading
-    layer = property(lambda self: self.base.layer)
-    pool = property(lambda self: self.base.pool)
-    normalize = property(lambda self: self.base.normalize)
-    precision = property(lambda self: self.base.precision)
-    device = property(lambda self: self.base.device)
-    uses_device = property(lambda self: self.base.uses_device)
-
-    def layer_info(self):
-        return self.base.layer_info()
+    # the wrapped backbone runs the model: its device and precision, its item statistics
+    precision = property(lambda self: self.wrapped.precision)
+    device = property(lambda self: self.wrapped.device)
+    uses_device = property(lambda self: self.wrapped.uses_device)
 
     def accept(self, sample):
-        return self.base.accept(sample)
+        return self.wrapped.accept(sample)
 
     def report(self):
-        return self.base.report()
-
-    @property
-    def dim(self) -> int:
-        return self.base.dim
-
-    def layers(self) -> list[str]:
-        return self.base.layers()
-
-    @property
-    def source(self):
-        return self.base.source
+        return self.wrapped.report()
 
     def fingerprint(self) -> str:
-        return fingerprint_of(base=self.base.fingerprint(), augment=asdict(self.spec),
+        return fingerprint_of(base=self.wrapped.fingerprint(), augment=asdict(self.spec),
                               view=self.view, seed=self.seed)
 
     def augmented_image(self, source):
@@ -171,22 +154,22 @@ class AugmentedBackbone(Backbone):
 
     def preprocess(self, item):
         image = self.augmented_image(item)
-        if self.base.preprocessing is not None:  # the weights' preprocessing of a PIL image
-            return self.base.preprocessing(image)
+        if self.wrapped.preprocessing is not None:  # the weights' preprocessing of a PIL image
+            return self.wrapped.preprocessing(image)
         from .inputs import Item  # any other image backbone reads the augmented image's bytes
 
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return self.base.preprocess(Item(item.id, data=buffer.getvalue(), labels=item.labels))
+        return self.wrapped.preprocess(Item(item.id, data=buffer.getvalue(), labels=item.labels))
 
     def collate(self, samples):
-        return self.base.collate(samples)
+        return self.wrapped.collate(samples)
 
     def embed(self, batch) -> np.ndarray:
-        return self.base.embed(batch)
+        return self.wrapped.embed(batch)
 
     def to(self, device: str = "cpu", precision: str = "fp32") -> "AugmentedBackbone":
-        self.base.to(device, precision)
+        self.wrapped.to(device, precision)
         return self
 
 

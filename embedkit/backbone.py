@@ -25,7 +25,7 @@ from .options import POOLINGS
 __all__ = ["FLATTEN_LIMIT", "RESIZE_LIMIT", "VECTOR_FORMAT_VERSION", "autocast", "Backbone",
            "BackboneFamily", "file_sha256", "fingerprint_of", "ImagePreprocess", "last_linear", "LayerInfo",
            "load_state_dict_file", "pool_features", "remembered", "TorchImageBackbone",
-           "unknown_options", "WeightsSource"]
+           "unknown_options", "WeightsSource", "WrappingBackbone"]
 
 #: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
 VECTOR_FORMAT_VERSION = 1
@@ -178,6 +178,33 @@ class Backbone(ABC):
             "weights": src.description,
             "offline": src.available,
         }
+
+
+class WrappingBackbone(Backbone):
+    """A backbone that reads features as the backbone it wraps does (its layer, pooling,
+    normalisation, dimension and weights) and changes one other thing: how the items are
+    prepared (augmentation) or where `embed` runs (a CPU runtime).  Subclasses set `wrapped`,
+    add that change to `fingerprint()`, and delegate whatever else they keep."""
+
+    wrapped: Backbone
+
+    layer = property(lambda self: self.wrapped.layer)
+    pool = property(lambda self: self.wrapped.pool)
+    normalize = property(lambda self: self.wrapped.normalize)
+
+    @property
+    def dim(self) -> int:
+        return self.wrapped.dim
+
+    def layers(self) -> list[str]:
+        return self.wrapped.layers()
+
+    @property
+    def source(self) -> WeightsSource:
+        return self.wrapped.source
+
+    def layer_info(self) -> dict[str, "LayerInfo"]:
+        return self.wrapped.layer_info()
 
 
 def fingerprint_of(**parts) -> str:

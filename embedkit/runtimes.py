@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import Backbone, TorchImageBackbone, fingerprint_of, pool_features
+from .backbone import (Backbone, TorchImageBackbone, WrappingBackbone, fingerprint_of,
+                       pool_features)
 from .errors import MissingExtra, UsageError
 from .files import atomic_write, available_cores
 from .options import RUNTIMES
@@ -120,7 +121,7 @@ def _require(module: str, what: str, extra: str, package: str):
         raise MissingExtra(what, extra, package)
 
 
-class RuntimeBackbone(Backbone):
+class RuntimeBackbone(WrappingBackbone):
     """A TorchImageBackbone whose `embed` runs in ONNX Runtime or OpenVINO on the CPU.
 
     Everything else (layers, preprocessing in the loader workers, description) is the wrapped
@@ -135,44 +136,27 @@ class RuntimeBackbone(Backbone):
                              f"a {inner.modality} model (use --runtime torch)")
         _require("onnxruntime" if runtime == "onnx" else "openvino", f"--runtime {runtime}",
                  runtime, "onnxruntime" if runtime == "onnx" else "openvino")
-        self.inner, self.runtime, self.folder = inner, runtime, Path(folder)
+        self.wrapped, self.runtime, self.folder = inner, runtime, Path(folder)
         self.name, self.family, self.modality = inner.name, inner.family, inner.modality
         self.precision = "fp32"
         self._session = None
 
-    # the wrapped backbone's reading and preprocessing
-    layer = property(lambda self: self.inner.layer)
-    pool = property(lambda self: self.inner.pool)
-    normalize = property(lambda self: self.inner.normalize)
-    preprocessing = property(lambda self: self.inner.preprocessing)
-    class_names = property(lambda self: self.inner.class_names)
-
-    def layer_info(self):
-        return self.inner.layer_info()
-
-    @property
-    def dim(self):
-        return self.inner.dim
-
-    def layers(self):
-        return self.inner.layers()
-
-    @property
-    def source(self):
-        return self.inner.source
+    # the wrapped backbone's preprocessing and classes
+    preprocessing = property(lambda self: self.wrapped.preprocessing)
+    class_names = property(lambda self: self.wrapped.class_names)
 
     def fingerprint(self) -> str:
-        return fingerprint_of(backbone=self.inner.fingerprint(), runtime=self.runtime,
+        return fingerprint_of(backbone=self.wrapped.fingerprint(), runtime=self.runtime,
                               precision=self.precision)
 
     def preprocess(self, item):
-        return self.inner.preprocess(item)
+        return self.wrapped.preprocess(item)
 
     def collate(self, samples):
-        return self.inner.collate(samples)
+        return self.wrapped.collate(samples)
 
     def describe(self) -> dict:
-        return {**self.inner.describe(), "runtime": self.runtime, "precision": self.precision}
+        return {**self.wrapped.describe(), "runtime": self.runtime, "precision": self.precision}
 
     def to(self, device: str = "cpu", precision: str = "fp32") -> "RuntimeBackbone":
         if device != "cpu":
@@ -188,7 +172,7 @@ class RuntimeBackbone(Backbone):
                 "CPU", "OPTIMIZATION_CAPABILITIES"):
             raise UsageError("--precision bf16 needs a CPU with bf16 instructions (avx512_bf16 or "
                              "AMX); this one has none: use fp32")
-        self.inner.to("cpu", "fp32")
+        self.wrapped.to("cpu", "fp32")
         if precision != self.precision:
             self._session = None
         self.precision = precision
@@ -196,7 +180,7 @@ class RuntimeBackbone(Backbone):
 
     def _run(self):
         if self._session is None:
-            path = export_onnx(self.inner, self.folder)
+            path = export_onnx(self.wrapped, self.folder)
             if self.runtime == "onnx":
                 import onnxruntime as ort
 
