@@ -247,24 +247,19 @@ def _cells(values) -> list:
 
 
 # -- reading --------------------------------------------------------------------------------
-def read_parquet_set(files: list[Path]):
-    """(ids, float32 [n, d] vectors, label columns, embedkit header) of embedkit Parquet files
-    read row group by row group into one preallocated array: the set is held once, never as an
-    Arrow table and a NumPy copy at the same time.  Files are memory-mapped while read."""
+def read_parquet_set(files: list[Path], label_names: list[str]):
+    """(ids, float32 [n, d] vectors, label columns) of embedkit Parquet files read row group by
+    row group into one preallocated array: the set is held once, never as an Arrow table and a
+    NumPy copy at the same time.  Files are opened one at a time, memory-mapped while read."""
     import pyarrow.parquet as pq
 
     from .store import column_vectors
 
-    metas = [pq.read_metadata(f) for f in files]  # row counts, without holding files open
-    schema = pq.read_schema(files[0]) if files else None
-    raw = (schema.metadata or {}).get(b"embedkit") if schema is not None else None
-    header = json.loads(raw) if raw else None
-    n = sum(m.num_rows for m in metas)
-    dim = schema.field("vector").type.list_size if schema is not None else 0
+    n = sum(pq.read_metadata(f).num_rows for f in files)
+    dim = pq.read_schema(files[0]).field("vector").type.list_size if files else 0
     vectors = np.empty((n, dim), dtype=np.float32)
     ids: list[str] = []
-    names = (header or {}).get("labels", [])
-    labels: dict[str, list] = {name: [] for name in names}
+    labels: dict[str, list] = {name: [] for name in label_names}
     at = 0
     for path in files:
         with pq.ParquetFile(path, memory_map=True) as f:
@@ -273,20 +268,22 @@ def read_parquet_set(files: list[Path]):
                 rows = group.num_rows
                 vectors[at:at + rows] = column_vectors(group.column("vector"))
                 ids += group.column("id").to_pylist()
-                for name in names:
+                for name in label_names:
                     labels[name] += group.column(f"label:{name}").to_pylist()
                 at += rows
-    return ids, vectors, labels, header
+    return ids, vectors, labels
 
 
 def read_saved(files: list[Path], label_names: list[str]):
     """(ids, vectors, label columns) of any output above."""
     suffix = files[0].suffix.lower()
     if suffix == ".parquet":
-        return read_parquet_set(files)[:3]
-    if suffix == ".npy":
-        ids, labels = read_sidecar(ids_sidecar(files[0]))
-        return ids, np.load(files[0], allow_pickle=False), labels
+        return read_parquet_set(files, label_names)
+    if suffix == ".npy":  # with its sidecar, checked as load_embeddings checks any .npy
+        from .embeddings import load_embeddings
+
+        es = load_embeddings(files[0])
+        return es.ids, es.vectors, es.label_columns
     with open(files[0], newline="", encoding="utf-8") as f:  # .csv: id, labels, v0...
         reader = csv.reader(f)
         next(reader)

@@ -242,7 +242,7 @@ def _load_own(path: Path) -> "SavedSet":
 class SavedSet(EmbeddingSet):
     """An EmbeddingSet backed by what embedkit wrote: its size, dimension and meta come from
     the header at once; ids, vectors and label columns are read on first use (Parquet row group
-    by row group into one array, `embedding_files.read_parquet_set`; .npy memory-mapped), so a
+    by row group into one array, `embedding_files.read_parquet_set`; .npy with its sidecar), so a
     command that only counts or streams never loads the set, and one that uses it loads it
     once."""
 
