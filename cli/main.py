@@ -136,7 +136,7 @@ def output_options(f):
                      help="Split a folder output into N Parquet parts."),
         click.option("--chunk-size", type=int, default=None,
                      help="Items hashed, computed and written at a time, which bounds memory "
-                          "(default 8192; 65536 on CUDA).")]):
+                          "(default 8192; 65536 on CUDA and Ray).")]):
         f = option(f)
     return f
 

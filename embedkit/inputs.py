@@ -66,7 +66,7 @@ class Item:
 class Dataset:
     root: str
     modality: str
-    items: Sequence[Item]  # a list, or TextLines streamed from a large .txt file
+    items: Sequence[Item]  # a list, or streamed (TextLines, FolderItems)
     label_names: list[str] = field(default_factory=list)  # label columns, primary first
     notes: list[str] = field(default_factory=list)  # reading notes (e.g. invalid UTF-8 bytes)
 
@@ -172,9 +172,13 @@ def read_text(path: Path) -> tuple[str, str | None]:
             line.decode("utf-8")
         except UnicodeDecodeError:
             bad += 1
-    note = (f"{display_name(str(path))}: {bad} line{'s' if bad != 1 else ''} had bytes that are "
+    return raw.decode("utf-8-sig", errors="replace"), _replaced_note(path, bad)
+
+
+def _replaced_note(path: Path, bad: int) -> str:
+    """The summary's note on a text file whose bytes were not all UTF-8."""
+    return (f"{display_name(str(path))}: {bad} line{'s' if bad != 1 else ''} had bytes that are "
             "not UTF-8 (replaced by U+FFFD)")
-    return raw.decode("utf-8-sig", errors="replace"), note
 
 
 def _read_manifest(path: Path) -> tuple[list[tuple[int, dict]], str | None]:
@@ -414,10 +418,8 @@ def _from_text_lines(path: Path) -> Dataset:
     lines = TextLines(path)
     if not len(lines):
         raise BadInputError(f"{path}: the file has no non-empty lines")
-    bad = lines.bad_lines
-    note = (f"{display_name(str(path))}: {bad} line{'s' if bad != 1 else ''} had bytes that are "
-            "not UTF-8 (replaced by U+FFFD)") if bad else None
-    return Dataset(str(path.parent), "text", lines, notes=[note] if note else [])
+    notes = [_replaced_note(path, lines.bad_lines)] if lines.bad_lines else []
+    return Dataset(str(path.parent), "text", lines, notes=notes)
 
 
 def open_dataset(spec, label: str | None = None, within: str | None = None) -> Dataset:
