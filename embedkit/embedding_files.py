@@ -89,6 +89,8 @@ class EmbeddingsWriter:
         self.kind = output_kind(path, parts)
         self.path = Path(path)
         self.meta, self.label_names = meta, list(label_names)
+        self._schema_meta = json.dumps({"meta": meta, "labels": self.label_names},
+                                       default=str).encode()
         self.rows, self.dim = 0, None
         self._part_rows = PART_ROWS if parts is None else \
             max(1, -(-(expected_rows or 0) // parts))
@@ -113,20 +115,16 @@ class EmbeddingsWriter:
         if self.kind == "parts":
             start = 0
             while start < len(ids):
-                if self._out is None or self._in_part >= self._part_rows:
+                if not self._parts or self._in_part >= self._part_rows:
                     self._next_part()
                 stop = start + min(len(ids) - start, self._part_rows - self._in_part)
-                self._out.write_table(self._table(ids[start:stop], vectors[start:stop],
-                                                  {k: v[start:stop] for k, v in labels.items()}))
+                self._write_parquet(self._tmp / self._parts[-1], self._table(
+                    ids[start:stop], vectors[start:stop],
+                    {k: v[start:stop] for k, v in labels.items()}))
                 self._in_part += stop - start
                 start = stop
         elif self.kind == ".parquet":
-            table = self._table(ids, vectors, labels)
-            if self._out is None:
-                import pyarrow.parquet as pq
-
-                self._out = pq.ParquetWriter(self._tmp, table.schema)
-            self._out.write_table(table)
+            self._write_parquet(self._tmp, self._table(ids, vectors, labels))
         elif self.kind == ".npy":
             if self._out is None:
                 self._out = (open(self._tmp, "wb"), open(f"{self._tmp}.ids", "w", newline=""))
@@ -154,21 +152,25 @@ class EmbeddingsWriter:
                    "vector": vector_column(vectors)}
         for name in self.label_names:
             columns[f"label:{name}"] = pa.array(_cells(labels[name]), type=pa.string())
-        return pa.table(columns).replace_schema_metadata(
-            {b"embedkit": json.dumps({"meta": self.meta, "labels": self.label_names},
-                                     default=str).encode()})
+        return pa.table(columns).replace_schema_metadata({b"embedkit": self._schema_meta})
+
+    def _write_parquet(self, path: Path, table):
+        """Append `table` as a row group to the Parquet file open at `path` (opened here)."""
+        if self._out is None:
+            import pyarrow.parquet as pq
+
+            self._out = pq.ParquetWriter(path, table.schema)
+        self._out.write_table(table)
 
     def _next_part(self):
-        import pyarrow.parquet as pq
-
-        if self._out is not None:
-            self._out.close()
-        name = f"part-{len(self._parts):05d}.parquet"
-        self._parts.append(name)
-        schema = self._table([], np.zeros((0, self.dim), np.float32),
-                             {k: [] for k in self.label_names}).schema
-        self._out = pq.ParquetWriter(self._tmp / name, schema)
+        self._close_files()
+        self._parts.append(f"part-{len(self._parts):05d}.parquet")
         self._in_part = 0
+
+    def _header(self) -> dict:
+        """What a reader needs before reading any vector (`embeddings.SavedSet`)."""
+        return {"meta": self.meta, "labels": self.label_names, "rows": self.rows,
+                "dim": self.dim}
 
     # -- finishing -----------------------------------------------------------------------
     def _close_files(self):
@@ -181,18 +183,15 @@ class EmbeddingsWriter:
         """The committed output as a SavedSet (nothing read until it is used)."""
         from .embeddings import SavedSet
 
-        header = {"meta": self.meta, "labels": self.label_names, "rows": self.rows,
-                  "dim": self.dim}
         files = [self.path / name for name in self._parts] if self.kind == "parts" else \
             [self.path]
-        return SavedSet(header, files)
+        return SavedSet(self._header(), files)
 
     def commit(self) -> Path:
         self._close_files()
         if self.kind == "parts":
             (self._tmp / PARTS_MARKER).write_text(json.dumps(
-                {"meta": self.meta, "labels": self.label_names, "parts": self._parts,
-                 "rows": self.rows, "dim": self.dim}, default=str, indent=1))
+                {**self._header(), "parts": self._parts}, default=str, indent=1))
             _check_free(self.path)  # still free, or embedkit's own earlier output
             if self.path.is_dir():
                 shutil.rmtree(self.path)
