@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 
-import hashlib
 import os
 import pickle
 import uuid
@@ -133,8 +132,8 @@ def _model(recipe: dict, modality: str, device: str, precision: str,
 
 class _Decoder:
     """CPU stage: checks that a file's bytes still hash to the content key it was looked up
-    under, and preprocesses each item exactly as the local path does (`extract._Items`: same
-    error messages).  Samples travel pickled to the embedding actors, as DataLoader workers
+    under and preprocesses each item, both exactly as the local path does (`extract._Items`:
+    same error messages).  Samples travel pickled to the embedding actors, as DataLoader workers
     send them to the local extractor (this is in-flight data between our own stages, never a
     file read from disk)."""
 
@@ -148,16 +147,10 @@ class _Decoder:
         from .extract import _Items
         from .inputs import Item
 
-        rows, mismatched = [], {}
-        if "path" in table.column_names:
-            for path, data in zip(table.column("path").to_pylist(),
-                                  table.column("bytes").to_pylist()):
-                key, item_id = self.files[path]
-                item = Item(item_id, path=path, data=data)
-                if hashlib.sha256(data).hexdigest() != key:
-                    mismatched[len(rows)] = (f"{item.name}: changed while embedkit was reading "
-                                             "it; run again")
-                rows.append((key, item))
+        if "path" in table.column_names:  # _Items checks the bytes against the key
+            rows = [(self.files[path][0], Item(self.files[path][1], path=path, data=data))
+                    for path, data in zip(table.column("path").to_pylist(),
+                                          table.column("bytes").to_pylist())]
         else:
             rows = [(k, Item(i, text=t)) for k, i, t in zip(
                 table.column("key").to_pylist(), table.column("id").to_pylist(),
@@ -165,7 +158,7 @@ class _Decoder:
         items = _Items(rows, self.backbone)
         samples, errors = [], []
         for i in range(len(rows)):
-            _, sample, error = (i, None, mismatched[i]) if i in mismatched else items[i]
+            _, sample, error = items[i]
             samples.append(None if error else pickle.dumps(sample, protocol=5))
             errors.append(error)
         return pa.table({

@@ -103,8 +103,9 @@ def pick_precision(precision: str, device: str) -> str:
 
 class _Items:
     """torch Dataset over (content key, item): preprocess in the worker, never raise (errors
-    travel back).  A file is read once and its bytes must still hash to the key it was looked
-    up under, so a file changed during the run can never store its vector under the old key."""
+    travel back).  A file is read once (here, or by whoever handed over its bytes) and its
+    bytes must still hash to the key it was looked up under, so a file changed during the run
+    can never store its vector under the old key."""
 
     def __init__(self, todo: list[tuple[str, Item]], backbone: Backbone):
         self.todo, self.backbone = todo, backbone
@@ -115,13 +116,13 @@ class _Items:
     def __getitem__(self, i):
         key, item = self.todo[i]
         try:
-            if item.path is not None and item.data is None:
-                with open(item.path, "rb") as f:
-                    data = f.read()
-                if hashlib.sha256(data).hexdigest() != key:
+            if item.path is not None:  # read here, or by the caller (Ray's file reader)
+                if item.data is None:
+                    with open(item.path, "rb") as f:
+                        item = dataclasses.replace(item, data=f.read())
+                if hashlib.sha256(item.data).hexdigest() != key:
                     return i, None, (f"{item.name}: changed while embedkit was reading it; "
                                      "run again")
-                item = dataclasses.replace(item, data=data)
             return i, self.backbone.preprocess(item), None
         except EmbedkitError as exc:
             message = str(exc)
