@@ -46,9 +46,9 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["CONFIDENCE", "DEFAULT_BUDGET", "MAX_REPEATS", "PROBE_FOLDS", "PROBE_SEED",
-           "budgeted_probe", "BudgetedRow", "inference_seconds", "Measurement",
-           "probe_repetition", "ProbeCost", "tie_summary"]
+__all__ = ["CONFIDENCE", "DEFAULT_BUDGET", "MAX_REPEATS", "OVER_BUDGET", "PROBE_FOLDS",
+           "PROBE_SEED", "budgeted_probe", "BudgetedRow", "inference_seconds", "Measurement",
+           "over_budget", "probe_repetition", "ProbeCost", "tie_summary"]
 
 PROBE_FOLDS = 5
 PROBE_SEED = 7919  # repetition r uses PROBE_SEED + r; --validate uses seed 0
@@ -126,7 +126,7 @@ def probe_repetition(features, y: np.ndarray, repetition: int, folds: int = PROB
 @dataclass
 class BudgetedRow:
     candidate: str
-    method: str  # "probe RxK-fold" or "<fallback> (over budget)"
+    method: str  # "probe RxK-fold" or "<fallback> (over budget)" (`over_budget`)
     value: float  # probe accuracy, or the fallback's estimate of it (NaN: no estimate)
     low: float
     high: float
@@ -134,6 +134,15 @@ class BudgetedRow:
     fallback: float  # the fallback score's own value
     repeats: int = 0
     tied: bool | None = None  # None: not measured, cannot be judged
+
+
+#: How a row's `method` marks a candidate the budget left unmeasured (placed by its fallback).
+OVER_BUDGET = "(over budget)"
+
+
+def over_budget(row: Mapping) -> bool:
+    """Whether a ranking row's value was placed from its fallback score, not measured."""
+    return str(row.get("method", "")).endswith(OVER_BUDGET)
 
 
 def budgeted_probe(sets: Mapping[str, tuple], budget: float = DEFAULT_BUDGET,
@@ -230,7 +239,7 @@ def _rows(measured: dict, fallback_values: dict, fallback_seconds: dict,
         else:
             value = (float(slope * fallback_values[label] + intercept) if slope is not None
                      else float("nan"))
-            rows.append(BudgetedRow(label, f"{fallback} (over budget)", value, float("nan"),
+            rows.append(BudgetedRow(label, f"{fallback} {OVER_BUDGET}", value, float("nan"),
                                     float("nan"), seconds, fallback_values[label]))
     # measured or placed candidates by value; unplaced ones after them by the fallback score
     rows.sort(key=lambda r: (np.isnan(r.value), -np.nan_to_num(r.value),

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import UsageError
+from .ranking import over_budget
 
 __all__ = ["CONFUSED_SHOWN", "TINY_CLASS", "honest_evaluation", "most_confused", "study",
            "write_report"]
@@ -310,8 +311,7 @@ def _warnings(truth, ranking, quoted, evaluation, advice) -> list[str]:
                    f"{grid['cv_score']:.3f}) is above the nested estimate ({honest:.3f}): its "
                    "folds also chose the hyper-parameters; quote the nested one")
     out += [f"ranking: {note}" for note in ranking.notes]
-    over = [r["candidate"] for r in ranking.rows if str(r.get("method", "")).endswith(
-        "(over budget)")]
+    over = [r["candidate"] for r in ranking.rows if over_budget(r)]
     if over:
         out.append(f"over budget: {', '.join(over)} ranked by the fallback score, not measured;"
                    " raise --budget to measure them")

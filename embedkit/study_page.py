@@ -25,6 +25,8 @@ import io
 import json
 import math
 
+from .ranking import over_budget
+
 __all__ = ["OKABE_ITO", "THUMB_PX", "number", "render", "thumbnail"]
 
 #: Long side of an inlined thumbnail, in pixels.
@@ -140,7 +142,7 @@ def _ranking_svg(rows, metric: str) -> str:
         value = r.get(metric)
         out.append(f'<text x="{left - 8}" y="{y + bar / 2 + 4}" text-anchor="end">'
                    f'{esc(r["candidate"])}</text>')
-        placed = "over budget" in str(r.get("method", ""))  # extrapolated, not measured
+        placed = over_budget(r)  # extrapolated from the fallback score, not measured
         if value is not None and math.isfinite(value):
             fill = "url(#placed)" if placed else \
                 "#21918c" if r.get("tied") or i == 0 else "#8fc6c3"
