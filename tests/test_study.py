@@ -229,3 +229,16 @@ def test_the_page_in_headless_chromium(report, tmp_path):
 
     with Image.open(shot) as image:
         assert image.size == (1280, 2400)
+
+
+@pytest.mark.parametrize("grid, warned", [(0.8704, False), (0.9, True)])
+def test_optimistic_cv_is_warned_only_where_the_page_shows_a_gap(grid, warned):
+    from types import SimpleNamespace
+
+    from embedkit.study import _warnings
+
+    ranking = SimpleNamespace(validation=[], notes=[], rows=[])
+    evaluation = {"grid_search": {"cv_score": grid}, "report": {"balanced_accuracy": 0.8701}}
+    out = _warnings(np.array(["a"] * 20 + ["b"] * 20), ranking, {"tied": [{}]}, evaluation,
+                    None)
+    assert any(w.startswith("optimistic CV") for w in out) == warned, out
