@@ -29,6 +29,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import random
 import signal
 import sqlite3
 import stat as stat_module
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS file_identity (
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (fingerprint TEXT PRIMARY KEY, description TEXT NOT NULL);
 """
+_TABLES = frozenset({"vectors", "shards", "file_identity", "models"})
 #: Fault points the crash-loop harness can arm (EMBEDKIT_FAULT=<point>[:<nth hit>]).
 FAULT_POINTS = ("shard-written", "shard-renamed", "index-transaction", "file-identity",
                 "compact-written", "compact-committed")
@@ -234,8 +236,19 @@ class _Database:
     def executemany(self, *args):
         return self._call(self._db.executemany, *args)
 
-    def executescript(self, script):
-        return self._call(self._db.executescript, script)
+    def use_wal(self, patience_s: float = 60.0):
+        """Switch to write-ahead logging.  The switch needs the file to itself, and SQLite
+        answers "database is locked" at once rather than wait (its busy timeout does not apply),
+        so processes opening a new cache together retry here."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise _sqlite_error(self.path, exc) from None
+                time.sleep(0.01 + 0.04 * random.random())
 
     def close(self):
         self._db.close()
@@ -265,22 +278,35 @@ class Store:
             raise CacheUnavailable(f"cannot open the cache at {self.root}: {exc.strerror or exc}; "
                                    "pick another location with --cache or EMBEDKIT_HOME") from None
         self._db = _Database(self.root / "index.sqlite")
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.use_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._remove_stray_temp_files()
         self.absorb()
 
     def _migrate(self):
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version < SCHEMA_VERSION:
-            # index format 1 keyed files on the path as typed and kept no shard checksums: drop
-            # the index (a cache) and rebuild it from the shards, which are checked on absorb
-            with self._transaction():
+        """Bring the index to SCHEMA_VERSION.  The version is read again and the tables created
+        inside one write transaction: two processes opening a new cache at once would otherwise
+        both see version 0, and the second would drop the tables the first was already using."""
+        if self._schema_ready():
+            return
+        with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                # index format 1 keyed files on the path as typed and kept no shard checksums:
+                # drop the index (a cache) and rebuild it from the shards, checked on absorb
                 for table in ("vectors", "shards", "file_hashes", "file_identity"):
                     self._db.execute(f"DROP TABLE IF EXISTS {table}")
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._db.executescript(_SCHEMA)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+    def _schema_ready(self) -> bool:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            return False
+        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return _TABLES <= names
 
     def close(self):
         self._db.close()

@@ -193,3 +193,47 @@ def test_a_damaged_shard_is_healed_by_recomputing(store):
     store.publish(FP, ["a", "b"], ["a", "b"], fresh)  # the rerun's recomputed vectors
     got = store.get_many(FP, ["a", "b"])
     np.testing.assert_array_equal(np.stack([got["a"], got["b"]]), fresh)
+
+
+OPENER = """
+import os, sys, time
+from embedkit.store import Store
+workdir, me, processes, trials = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for trial in range(trials):
+    open(os.path.join(workdir, f"ready-{trial}-{me}"), "w").close()
+    while sum(n.startswith(f"ready-{trial}-") for n in os.listdir(workdir)) < processes:
+        time.sleep(0.001)
+    try:
+        with Store(os.path.join(workdir, f"cache-{trial}")) as s:
+            s.info()
+    except Exception as exc:
+        print(f"trial {trial}: {exc}")
+"""
+
+
+def test_processes_opening_a_new_cache_together(tmp_path):
+    # Before: switching a new index to WAL answered "database is locked" at once, and a second
+    # process could drop the tables a first had just created ("no such table: shards", which
+    # failed CI once).  With the WAL retry alone this test still failed 5 runs in 5.
+    processes, trials = 8, 40
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), str(i),
+                               str(processes), str(trials)], stdout=subprocess.PIPE, text=True)
+             for i in range(processes)]
+    errors = [line for p in procs for line in p.communicate(timeout=300)[0].splitlines()]
+    assert errors == [] and [p.returncode for p in procs] == [0] * processes
+
+
+def test_an_index_of_the_first_format_is_rebuilt_from_the_shards(tmp_path):
+    import sqlite3
+
+    with Store(tmp_path / "s") as s:
+        s.publish(FP, ["a", "b"], ["a", "b"], _vectors(2))
+    db = sqlite3.connect(tmp_path / "s" / "index.sqlite")
+    db.execute("PRAGMA user_version = 1")
+    db.execute("CREATE TABLE file_hashes (path TEXT)")
+    db.commit()
+    db.close()
+    with Store(tmp_path / "s") as s:
+        names = {r[0] for r in s._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "file_hashes" not in names
+        assert s.get_many(FP, ["a", "b"])["b"].tolist() == _vectors(2)[1].tolist()
