@@ -245,8 +245,9 @@ class _Database:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
+            except sqlite3.Error as exc:
+                busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+                if not busy or time.monotonic() > deadline:
                     raise _sqlite_error(self.path, exc) from None
                 time.sleep(0.01 + 0.04 * random.random())
 
