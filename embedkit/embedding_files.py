@@ -215,8 +215,12 @@ class EmbeddingsWriter:
                     "fortran_order": False, "shape": (self.rows, self.dim or 0)})
                 shutil.copyfileobj(f, out, 1 << 20)
 
-        atomic_write(ids_sidecar(self.path), Path(f"{raw}.ids").read_bytes())
-        atomic_write(self.path, write)
+        # the old sidecar goes first and the new one comes last, so that no moment pairs the
+        # new vectors with an earlier run's ids (a run stopped between the two leaves the new
+        # vectors with numbered ids, never wrong ones)
+        sidecar = ids_sidecar(self.path)
+        atomic_write(self.path, write, before_rename=lambda: sidecar.unlink(missing_ok=True))
+        atomic_write(sidecar, Path(f"{raw}.ids").read_bytes())
         for p in (raw, Path(f"{raw}.ids")):
             p.unlink(missing_ok=True)
 

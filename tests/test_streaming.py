@@ -71,6 +71,29 @@ def test_parts_folder_npy_sidecar_and_csv_hold_the_same_set(tmp_path, digits_sma
     np.testing.assert_allclose(csv_set.vectors, reference.vectors, rtol=1e-6)
 
 
+def test_an_npy_rewrite_stopped_between_its_files_never_pairs_old_ids(tmp_path, monkeypatch):
+    from embedkit import embedding_files
+    from embedkit.embeddings import EmbeddingSet
+
+    out = tmp_path / "x.npy"
+    EmbeddingSet(["a", "b"], np.ones((2, 3), np.float32), {"label": ["cat", "dog"]}).save(out)
+    real, calls = embedding_files.atomic_write, []
+
+    def stop_before_the_second_file(path, data, **kw):  # the vectors and the sidecar
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(embedding_files, "atomic_write", stop_before_the_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingSet(["c", "d"], np.zeros((2, 3), np.float32), {"label": ["x", "y"]}).save(out)
+    back = load_embeddings(out)
+    new_vectors = not back.vectors.any()
+    assert back.ids != (["a", "b"] if new_vectors else ["c", "d"]), "ids of the other run"
+    assert new_vectors and back.ids == ["0", "1"] and back.labels is None
+
+
 def test_a_saved_set_reads_nothing_until_it_is_used(tmp_path, lines):
     es = embedkit.extract(lines, "glove-6b-50d", cache=tmp_path / "c", progress=False,
                           output=tmp_path / "out/", chunk_size=50)
