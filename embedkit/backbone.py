@@ -146,6 +146,15 @@ class Backbone(ABC):
         (e.g. OOV rates); reading them resets them."""
         return []
 
+    def report_state(self):
+        """What `report` would summarise since the last report, as a picklable value, or None;
+        reading it resets it.  An engine whose model runs in other processes (Ray actors)
+        sends it back, and the driver's backbone adds it in with `merge_report`."""
+        return None
+
+    def merge_report(self, state) -> None:
+        """Add another process's `report_state()` into what this backbone will report."""
+
     def layer_info(self) -> dict[str, "LayerInfo"]:
         """Every extractable layer with the shape of one item's output.  The default suits a
         backbone with one output per layer: a `dim`-long vector."""

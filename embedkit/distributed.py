@@ -12,8 +12,9 @@ rows, each stage on the resources it asks for, with bounded memory between them.
                                   on a GPU where the cluster has one: `accept`, `collate`,
                                   `embed`; each batch written as one shard in the store's own
                                   format (`store.write_shard`) straight into its shard folder
-      -> the driver               vectors and errors back as Arrow tables; the shards are
-                                  absorbed into the store's index (`Store.absorb`)
+      -> the driver               vectors, errors and the backbone's `report_state` (OOV
+                                  counts) back as Arrow tables; the shards are absorbed into
+                                  the store's index (`Store.absorb`)
 
 So a job that dies keeps every shard its finished batches wrote: the next run absorbs them
 (any run does, on opening the store) and computes only the rest.  The batch functions return
@@ -219,11 +220,15 @@ class _Embedder:
                         [ids[i] for i in good], vectors[good], [sources[i] for i in good])
         column = vector_column(vectors)
         mask = pa.array([e is not None for e in errors])
+        # e.g. OOV counts, which the driver adds up (row 0 carries them; an empty batch waits)
+        report = self.backbone.report_state() if keys else None
         return pa.table({
             "key": pa.array(keys, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(column.values, column.type.list_size,
                                                         mask=mask),
             "error": pa.array(errors, pa.string()),
+            "report": pa.array([None if report is None else pickle.dumps(report, protocol=5)]
+                               + [None] * (len(keys) - 1), pa.binary()),
         })
 
 
@@ -291,14 +296,19 @@ def compute_on_ray(backbone: Backbone, todo, store: Store, fingerprint: str, bat
                batch_size, plan, store.shard_dir, progress, strict)
         try:
             if not ray.util.client.ray.is_connected():
-                return _pipeline(*job)
-            # Ray Data's executor needs a worker of the cluster: through Ray Client (ray://)
-            # the pipeline is driven by a task on the cluster, and only its results come back
-            return ray.get(ray.remote(num_cpus=0)(_pipeline).remote(*job))
+                computed, bad, reports = _pipeline(*job)
+            else:
+                # Ray Data's executor needs a worker of the cluster: through Ray Client
+                # (ray://) the pipeline is driven by a task on the cluster, and only its
+                # results come back
+                computed, bad, reports = ray.get(ray.remote(num_cpus=0)(_pipeline).remote(*job))
         except Exception as exc:
             raise _embedkit_error(exc) or exc
         finally:
             store.absorb()
+    for report in reports:  # the summary's notes, as the local engine gathers them
+        backbone.merge_report(report)
+    return computed, bad
 
 
 @contextlib.contextmanager
@@ -343,6 +353,7 @@ def _pipeline(todo, recipe, modality, fingerprint, precision, batch_size, plan, 
     context.enable_progress_bars = bars and progress is not False  # Ray's own progress
     computed: dict[str, np.ndarray] = {}
     bad: list[tuple[str, str]] = []
+    reports = []
     try:
         rows = TEXT_ROWS if modality == "text" else batch_size * IMAGE_MODEL_BATCHES
         dataset, files = _inputs(ray, todo, modality, rows)
@@ -357,6 +368,7 @@ def _pipeline(todo, recipe, modality, fingerprint, precision, batch_size, plan, 
             batch_size=rows, batch_format="pyarrow", num_cpus=ACTOR_CPUS, num_gpus=plan.gpus,
             compute=ray.data.ActorPoolStrategy(size=plan.workers))
         for table in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
+            reports += [pickle.loads(r) for r in table.column("report").to_pylist() if r]
             vectors = column_vectors(table.column("vector"))
             for key, vector, error in zip(table.column("key").to_pylist(), vectors,
                                           table.column("error").to_pylist()):
@@ -374,4 +386,4 @@ def _pipeline(todo, recipe, modality, fingerprint, precision, batch_size, plan, 
             bad.append((key, f"{item.name}: cannot read (it vanished during the run)"))
             if strict:
                 raise BadInputError(f"{bad[-1][1]} (--strict stops at the first bad item)")
-    return computed, bad
+    return computed, bad, reports

@@ -87,8 +87,20 @@ class OOVStats:
         if n_tokens == len(oov):
             self.empty_texts += 1
         for tok in oov:
-            if tok in self.examples or len(self.examples) < 10_000:
-                self.examples[tok] = self.examples.get(tok, 0) + 1
+            self._example(tok, 1)
+
+    def _example(self, tok: str, n: int):
+        if tok in self.examples or len(self.examples) < 10_000:
+            self.examples[tok] = self.examples.get(tok, 0) + n
+
+    def merge(self, other: "OOVStats"):
+        """Add counts gathered elsewhere (another process's texts)."""
+        self.texts += other.texts
+        self.tokens += other.tokens
+        self.oov_tokens += other.oov_tokens
+        self.empty_texts += other.empty_texts
+        for tok, n in other.examples.items():
+            self._example(tok, n)
 
     @property
     def rate(self) -> float:

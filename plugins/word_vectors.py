@@ -157,6 +157,15 @@ class WordVectorBackbone(Backbone):
                          "(Zipf); these vectors carry no word counts")
         return notes
 
+    def report_state(self):
+        state, self.stats = (self.stats, self._probability_source), OOVStats()
+        return state if state[0].texts or state[1] else None
+
+    def merge_report(self, state) -> None:
+        stats, probability_source = state
+        self.stats.merge(stats)
+        self._probability_source = probability_source or self._probability_source
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_kv"] = state["_pooler"] = None  # reloaded (memory-mapped) where it is used

@@ -92,6 +92,10 @@ def test_ray_matches_the_local_extractor(ray_session, plain, digits, tmp_path):
     _same(images, plain["images"])
     _same(texts, plain["texts"])  # the all-OOV line skipped with the same reason
     assert texts.summary.skipped and "out of vocabulary" in texts.summary.skipped[0][1]
+    # the OOV notes, counted in the model actors, come back to the driver's summary
+    assert texts.summary.notes == plain["texts"].summary.notes
+    assert texts.summary.notes[0] == "OOV: 9.1% of 22 tokens; 1 text fully out of vocabulary " \
+        "(skipped)"
     assert images.summary.computed == len(images) and images.summary.device == "ray"
     # the actors' shards are in the index: a second run is served from the cache alone
     again = embedkit.extract(digits, "efficientnet_lite0", cache=tmp_path, engine="ray",

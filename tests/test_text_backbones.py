@@ -182,6 +182,24 @@ def test_all_oov_text_is_skipped_with_its_reason_never_a_zero_vector(store):
     assert np.all(np.linalg.norm(result.vectors, axis=1) > 0)
 
 
+def test_report_states_from_other_processes_add_up_to_one_report():
+    """What `--engine ray` does with the model actors' OOV counts: texts accepted by two
+    backbones, merged into a third, report as if one backbone had accepted them all."""
+    texts = ["the frog sings", "xqzvy blorptastic", "frogs sing quietly", "xqzvy again"]
+    one, parts, driver = (create_backbone("glove-6b-50d") for _ in range(3))
+    for i, text in enumerate(texts):
+        sample = one.preprocess(Item(str(i), text=text))
+        one.accept(sample)
+        parts.accept(sample)
+        if i == 1:
+            driver.merge_report(parts.report_state())
+    driver.merge_report(parts.report_state())
+    assert parts.report_state() is None, "reading the state resets it"
+    assert driver.report() == one.report() == [
+        "OOV: 30.0% of 10 tokens; 1 text fully out of vocabulary (skipped)",
+        "most frequent OOV tokens: xqzvy (2), blorptastic (1)"]
+
+
 def test_pang_lee_polarity_extraction_second_run_is_all_cache_hits(store):
     first = embedkit.extract("pang-lee-polarity", cache=store, progress=False)
     assert len(first) == 200 and first.dim == 50
