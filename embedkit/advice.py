@@ -111,8 +111,8 @@ def _measured(row: dict) -> str:
 def quote_ranking(ranking, cost) -> dict:
     """The winner of a `transfer.rank_models` ranking (default score), its interval, the
     candidates tied with it and the sensible pick among them: the cheapest to use, by
-    `cost(row) -> (seconds per item or None, text)` (`inference_cost(dataset)` measures
-    inference time). Ties are a statement about the data: when it cannot tell
+    `cost(row) -> (cost per item or None, text)` (`inference_cost(dataset)` counts the
+    operations of one forward pass). Ties are a statement about the data: when it cannot tell
     candidates apart, paying more for the bigger one buys nothing measurable."""
     from .transfer import BUDGETED
 
@@ -134,18 +134,18 @@ def quote_ranking(ranking, cost) -> dict:
 
 
 def inference_cost(dataset):
-    """cost(row) for `quote_ranking`: seconds per item of embedding `dataset` with the row's
-    MODEL@LAYER, measured (`ranking.inference_seconds`); unknown for a saved set."""
-    from .ranking import inference_seconds
+    """cost(row) for `quote_ranking`: operations per item of embedding `dataset` with the
+    row's MODEL@LAYER (`ranking.inference_flops`); unknown for a saved set."""
+    from .ranking import inference_flops
 
     def cost(row: dict):
         if not row.get("model") or not dataset:
             return None, "cost unknown"
         try:
-            seconds = inference_seconds(dataset, row["model"], layer=row.get("layer"))
+            flops = inference_flops(dataset, row["model"], layer=row.get("layer"))
         except EmbedkitError:  # a saved set's model that is not on this machine
             return None, "cost unknown"
-        return seconds, f"{seconds * 1000:.1f} ms per item, measured"
+        return flops, f"{flops / 1e9:.2f} GFLOPs per item"
 
     return cost
 

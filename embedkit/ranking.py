@@ -47,7 +47,7 @@ import numpy as np
 from .errors import UsageError
 
 __all__ = ["CONFIDENCE", "DEFAULT_BUDGET", "MAX_REPEATS", "OVER_BUDGET", "PROBE_FOLDS",
-           "PROBE_SEED", "budgeted_probe", "BudgetedRow", "inference_seconds", "Measurement",
+           "PROBE_SEED", "budgeted_probe", "BudgetedRow", "inference_flops", "Measurement",
            "over_budget", "probe_repetition", "ProbeCost", "tie_summary"]
 
 PROBE_FOLDS = 5
@@ -263,21 +263,25 @@ def tie_summary(rows: list[BudgetedRow]) -> str | None:
             f"intervals overlap the leader's): {', '.join(tied)}")
 
 
-def inference_seconds(dataset, model: str, layer: str | None = None, items: int = 8,
-                      **options) -> float:
-    """Measured seconds per item of embedding `items` items of `dataset` with MODEL@LAYER
-    (one warm-up batch first, weights loaded): what using the candidate costs, which the
-    cache hides from the ranking itself."""
+def inference_flops(dataset, model: str, layer: str | None = None, items: int = 8,
+                    **options) -> float:
+    """Floating-point operations per item of embedding `items` items of `dataset` with
+    MODEL@LAYER, counted by PyTorch (`torch.utils.flop_counter`: convolutions and matrix
+    products, two per multiply-add; the forward stops at the layer read): what using the
+    candidate costs, which the cache hides from the ranking itself.  A count, not a timing, so
+    the same candidates always compare the same way, however busy the machine; a model that
+    does no PyTorch arithmetic (word vectors: a look-up and a mean) counts 0."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from .inputs import open_dataset
     from .registry import create_backbone
 
     ds = open_dataset(dataset, label=options.pop("label", None))
     chosen = list(itertools.islice((item for item in ds.items if not item.error), items))
     if not chosen:
-        raise UsageError(f"{dataset}: no items to time")
+        raise UsageError(f"{dataset}: no items to measure a model's cost on")
     backbone = create_backbone(model, layer=layer, **options)
     batch = backbone.collate([backbone.preprocess(item) for item in chosen])
-    backbone.embed(batch)  # loads the weights, warms the caches
-    started = time.perf_counter()
-    backbone.embed(batch)
-    return (time.perf_counter() - started) / len(chosen)
+    with FlopCounterMode(display=False) as counter:
+        backbone.embed(batch)
+    return counter.get_total_flops() / len(chosen)

@@ -12,7 +12,7 @@ them on one target, in that order, and gathers what they measured into one JSON-
    and Kendall's tau between that ranking and an independent 5-fold probe accuracy. The
    target is extracted through the cache, so a second study is quick.
 2. **Pick**: the ranking's winner, or on a tie the cheapest tied candidate
-   (`advice.quote_ranking`, measured inference time).
+   (`advice.quote_ranking`, by the operations of one forward pass).
 3. **Similarity** (`similarity.similarity_matrix`, cosine of the mean embeddings, the measure
    the rule of thumb thresholds) between the target and every source, under the pick's model
    at its default layer; the closest source is the one the advice reasons about.
