@@ -147,3 +147,30 @@ def embeddings_columns(f):
     return click.option("--vector-column", default=None,
                         help="Vector column of a Parquet file another tool wrote (default: "
                              "its only list column).")(command)
+
+
+def list_options(*names: str) -> type[click.Command]:
+    """A command class whose options `names` (e.g. "--sources", "-s") take several values each:
+    `--sources A B C` gives the values after the option, up to the next option, each to it
+    (click's own `--sources A --sources B` is also accepted)."""
+
+    class ListOptions(click.Command):
+        def parse_args(self, ctx, args):
+            expanded, current = [], None
+            for arg in args:
+                if arg in names:
+                    current = arg
+                    continue
+                if arg.startswith("-") and arg != "-":
+                    current = None
+                if current is not None:
+                    expanded.append(current)
+                expanded.append(arg)
+            try:
+                return super().parse_args(ctx, expanded)
+            except click.UsageError as exc:
+                if "unexpected extra argument" in exc.message:
+                    exc.message += f"; several values go after {names[0]}: {names[0]} A B C"
+                raise
+
+    return ListOptions

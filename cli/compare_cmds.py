@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, emit_json, json_option, model_options, \
-    run_options, table
+from embedkit.cli.common import cache_option, emit_json, json_option, list_options, \
+    model_options, run_options, table
 
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
 
@@ -126,9 +126,8 @@ def similarity_command(cli):
 def rank_sources_command(cli):
     from embedkit.similarity import MEASURES
 
-    @cli.command("rank-sources")
+    @cli.command("rank-sources", cls=list_options("--sources", "-s"))
     @click.argument("target")
-    @click.argument("more", nargs=-1)
     @click.option("--sources", "-s", multiple=True, help="Candidate source datasets (saved sets "
                   "or datasets); values after the first may follow without repeating --sources.")
     @model_options
@@ -139,7 +138,7 @@ def rank_sources_command(cli):
     @cache_option
     @json_option
     @csv_option
-    def rank_sources(target, more, sources, model, layer, pool, normalize, weights, metrics,
+    def rank_sources(target, sources, model, layer, pool, normalize, weights, metrics,
                      gamma, cache, as_json, as_csv, run):
         """Rank candidate source datasets by their similarity to TARGET, most similar first.
 
@@ -153,7 +152,7 @@ def rank_sources_command(cli):
         """
         from embedkit.similarity import metric_names, rank_sources as rank
 
-        candidates = [*sources, *more]
+        candidates = list(sources)
         if not candidates:
             raise click.UsageError("name the candidate sources: --sources S1 S2 ...")
         names = [n for n in metric_names(metrics) if not MEASURES[n].paired]
@@ -192,9 +191,8 @@ def rank_models_command(cli):
     from embedkit.ranking import DEFAULT_BUDGET
     from embedkit.transfer import BUDGETED, DEFAULT_SCORE, FALLBACK_SCORE, SCORES
 
-    @cli.command("rank-models")
+    @cli.command("rank-models", cls=list_options("--models"))
     @click.argument("target")
-    @click.argument("more", nargs=-1)
     @click.option("--models", "models", multiple=True,
                   help="Candidates: MODEL, MODEL@LAYER or a saved .parquet set; values after "
                        "the first may follow without repeating --models.")
@@ -216,7 +214,7 @@ def rank_models_command(cli):
     @cache_option
     @json_option
     @csv_option
-    def rank_models(target, more, models, layers, metrics, budget, validate, cache, as_json,
+    def rank_models(target, models, layers, metrics, budget, validate, cache, as_json,
                     as_csv, run):
         """Rank pretrained models (and layers) for the labelled TARGET, best first.
 
@@ -234,7 +232,7 @@ def rank_models_command(cli):
         """
         from embedkit.transfer import rank_models as rank, score_names
 
-        candidates = [*models, *more]
+        candidates = list(models)
         if not candidates:
             raise click.UsageError("name the candidates: --models M1 M2@LAYER ...")
         names = score_names(list(metrics))
@@ -274,9 +272,8 @@ def advise_command(cli):
     from embedkit.advice import SIMILAR_ABOVE, SMALL_BELOW_PER_CLASS
     from embedkit.ranking import DEFAULT_BUDGET
 
-    @cli.command("advise")
+    @cli.command("advise", cls=list_options("--models"))
     @click.argument("target")
-    @click.argument("more", nargs=-1)
     @click.option("--source", "-s", required=True,
                   help="A sample of the data the pretrained model learnt from (or a stand-in).")
     @model_options
@@ -294,7 +291,7 @@ def advise_command(cli):
     @run_options
     @cache_option
     @json_option
-    def advise(target, more, source, model, layer, pool, normalize, weights, small_below,
+    def advise(target, source, model, layer, pool, normalize, weights, small_below,
                similar_above, candidates, layers, budget, cache, as_json, run):
         """How to transfer to TARGET: the rule of thumb on measured size and similarity.
 
@@ -307,10 +304,7 @@ def advise_command(cli):
         from embedkit.advice import advise as apply_rule
         from embedkit.transfer import parse_candidate
 
-        if more and not candidates:
-            raise click.UsageError(f"unexpected arguments {' '.join(more)}: candidates follow "
-                                   "--models")
-        expanded = [c for spec in [*candidates, *more] for c in parse_candidate(
+        expanded = [c for spec in candidates for c in parse_candidate(
             spec, [l.strip() for l in layers.split(",")] if layers else None)]
         options = _extract_options(layer, pool, normalize, weights, cache, run)
         advice = apply_rule(target, source, model=model, small_below=small_below,

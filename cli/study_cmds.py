@@ -8,36 +8,16 @@ from __future__ import annotations
 
 import click
 
-from embedkit.cli.common import cache_option, choice, emit_json, json_option, run_options
+from embedkit.cli.common import (cache_option, choice, emit_json, json_option, list_options,
+                                 run_options)
 from embedkit.options import CLASSIFIER_NAMES, PROJECTIONS
-
-
-class ListOptions(click.Command):
-    """Lets `--sources A B C` and `--models M1 M2@LAYER` take several values each: the values
-    after such an option, up to the next option, are each given to it (click's own syntax
-    would be `--sources A --sources B`, which is also accepted)."""
-
-    lists = ("--sources", "-s", "--models")
-
-    def parse_args(self, ctx, args):
-        expanded, current = [], None
-        for arg in args:
-            if arg in self.lists:
-                current = arg
-                continue
-            if arg.startswith("-") and arg != "-":
-                current = None
-            if current is not None:
-                expanded.append(current)
-            expanded.append(arg)
-        return super().parse_args(ctx, expanded)
 
 
 def _log(message: str):
     click.echo(message, err=True)
 
 
-@click.command("study", cls=ListOptions)
+@click.command("study", cls=list_options("--sources", "-s", "--models"))
 @click.argument("target")
 @click.option("--sources", "-s", multiple=True,
               help="Candidate source datasets (folders, bundled names or saved sets); the "

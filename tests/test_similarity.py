@@ -236,3 +236,5 @@ def test_cli_similarity_matrix_table_json_csv_and_heatmap(three_domains, tmp_pat
     assert [r["rank"] for r in json.loads(result.stdout)["ranking"]] == [1, 2]
     result = runner.invoke(cli, ["rank-sources", paths[0]])
     assert result.exit_code == 2 and "--sources" in result.output
+    result = runner.invoke(cli, ["rank-sources", *paths])  # sources without the option
+    assert result.exit_code == 2 and "several values go after --sources" in result.output
