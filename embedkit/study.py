@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import EmbedkitError, UsageError
 from .ranking import over_budget
 
 __all__ = ["CONFUSED_SHOWN", "TINY_CLASS", "honest_evaluation", "most_confused", "study",
@@ -180,7 +180,8 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
                      "projection": projection, "similarity_metric": SIMILARITY_METRIC,
                      "confidence": CONFIDENCE},
         "verdict": verdict,
-        "warnings": _warnings(truth, ranking, quoted, evaluation, advice),
+        "warnings": _warnings(truth, ranking, quoted, evaluation, advice) +
+        _layer_warning(advice, pick, len(quoted["tied"]) > 1),
         "similarity": similarity,
         "ranking": {**ranking.as_dict(), "best": quoted["best"], "pick": quoted["pick"]},
         "advice": advice,
@@ -318,6 +319,27 @@ def _warnings(truth, ranking, quoted, evaluation, advice) -> list[str]:
     if advice:
         out += [f"advice: {line}" for line in advice["also"] if "no labels" in line]
     return out
+
+
+def _layer_warning(advice, pick, tied: bool) -> list[str]:
+    """Where the rule of thumb's layer (top for a similar source, lower for a dissimilar one)
+    is not the layer the ranking picked: the study follows the measurement, and says so."""
+    if not advice or not advice["small"] or not pick["model"]:
+        return []
+    from .registry import create_backbone
+
+    try:
+        top = create_backbone(pick["model"]).layers()[0]
+    except EmbedkitError:  # a saved set's model that is not on this machine
+        return []
+    at_top = pick["layer"] in (None, top)
+    if at_top == advice["similar"]:
+        return []
+    wanted = "top-layer" if advice["similar"] else "lower-layer (more generic)"
+    measured = "as good as any (tied)" if tied else "best"
+    return [f"layer: the rule of thumb suggests {wanted} features, but the ranking measured "
+            f"{pick['candidate']} {measured} on this target; the verdict follows the "
+            "measurement"]
 
 
 def _plain(value):

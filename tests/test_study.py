@@ -133,6 +133,11 @@ def test_study_json_is_what_the_api_returns_and_holds_the_decision(report):
     assert v["accuracy"] == s["classifier"]["report"]["accuracy"]
     assert 0 <= v["low"] <= v["accuracy"] <= v["high"] <= 1
     assert any(w.startswith("tiny classes") for w in s["warnings"])
+    # a similar source and a small target: the rule says top-layer features, so a pick at
+    # blocks.1 is flagged (and one at pre_logits is not)
+    flagged = [w for w in s["warnings"] if w.startswith("layer: the rule of thumb suggests "
+                                                        "top-layer features")]
+    assert len(flagged) == (v["layer"] == "blocks.1")
     assert s["ranking"]["validation"][0]["metric"] == "budgeted-probe"
     assert sum(map(sum, s["classifier"]["report"]["confusion_matrix"])) == 20
 
@@ -242,3 +247,37 @@ def test_optimistic_cv_is_warned_only_where_the_page_shows_a_gap(grid, warned):
     out = _warnings(np.array(["a"] * 20 + ["b"] * 20), ranking, {"tied": [{}]}, evaluation,
                     None)
     assert any(w.startswith("optimistic CV") for w in out) == warned, out
+
+
+def test_the_rule_of_thumbs_layer_against_the_pick():
+    from embedkit.study import _layer_warning
+
+    top = {"model": "efficientnet_lite0", "layer": None, "candidate": "efficientnet_lite0"}
+    low = {"model": "efficientnet_lite0", "layer": "blocks.4",
+           "candidate": "efficientnet_lite0@blocks.4"}
+    dissimilar, similar = {"small": True, "similar": False}, {"small": True, "similar": True}
+    assert _layer_warning(dissimilar, top, tied=False) == [
+        "layer: the rule of thumb suggests lower-layer (more generic) features, but the ranking "
+        "measured efficientnet_lite0 best on this target; the verdict follows the measurement"]
+    assert "blocks.4 as good as any (tied)" in _layer_warning(similar, low, tied=True)[0]
+    assert _layer_warning(dissimilar, low, False) == _layer_warning(similar, top, False) == []
+    assert _layer_warning({"small": False, "similar": True}, low, False) == []  # fine-tune
+    assert _layer_warning(None, low, False) == []  # no sources, no rule
+
+
+def test_without_sources_the_study_says_what_it_skipped(digits_small, tmp_path):
+    import embedkit
+
+    s = embedkit.study(digits_small, models=["efficientnet_lite0@blocks.1"], budget=2,
+                       cache=tmp_path / "cache", output=tmp_path / "report")
+    assert s["similarity"] is None and s["advice"] is None
+    v = s["verdict"]
+    assert v["candidate"] == "efficientnet_lite0@blocks.1" and v["source"] is None
+    assert v["transfer"] is None and 0 <= v["low"] <= v["accuracy"] <= v["high"] <= 1
+    assert not any(w.startswith("layer:") for w in s["warnings"])
+    parser = PageText()
+    parser.feed((tmp_path / "report" / "index.html").read_text())
+    text = " ".join(" ".join(parser.text).split())
+    assert "No source datasets were given (--sources)" in text
+    assert "Not applied: it needs a source dataset" in text
+    assert json.loads((tmp_path / "report" / "study.json").read_text()) == s
