@@ -169,8 +169,13 @@ def list_options(*names: str) -> type[click.Command]:
             try:
                 return super().parse_args(ctx, expanded)
             except click.UsageError as exc:
+                used = [n for n in names if n in args]
                 if "unexpected extra argument" in exc.message:
                     exc.message += f"; several values go after {names[0]}: {names[0]} A B C"
+                elif isinstance(exc, click.MissingParameter) and used and \
+                        isinstance(exc.param, click.Argument):
+                    exc.message = (f"It goes before {used[0]}, whose values run up to the "
+                                   "next option.")
                 raise
 
     return ListOptions
