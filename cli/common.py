@@ -151,19 +151,23 @@ def embeddings_columns(f):
 
 def list_options(*names: str) -> type[click.Command]:
     """A command class whose options `names` (e.g. "--sources", "-s") take several values each:
-    `--sources A B C` gives the values after the option, up to the next option, each to it
-    (click's own `--sources A --sources B` is also accepted)."""
+    `--sources A B C` (or `--sources=A B C`) gives the values after the option, up to the next
+    option or `--`, each to it (click's own `--sources A --sources B` is also accepted)."""
+    longs = [n for n in names if n.startswith("--")]
 
     class ListOptions(click.Command):
         def parse_args(self, ctx, args):
             expanded, current = [], None
-            for arg in args:
+            for at, arg in enumerate(args):
+                if arg == "--":
+                    expanded += args[at:]
+                    break
                 if arg in names:
                     current = arg
                     continue
                 if arg.startswith("-") and arg != "-":
-                    current = None
-                if current is not None:
+                    current = next((n for n in longs if arg.startswith(f"{n}=")), None)
+                elif current is not None:
                     expanded.append(current)
                 expanded.append(arg)
             try:
@@ -171,7 +175,9 @@ def list_options(*names: str) -> type[click.Command]:
             except click.UsageError as exc:
                 used = [n for n in names if n in args]
                 if "unexpected extra argument" in exc.message:
-                    exc.message += f"; several values go after {names[0]}: {names[0]} A B C"
+                    exc.message += (f"; of this command's options only {' and '.join(longs)} "
+                                    f"take{'s' if len(longs) == 1 else ''} several values "
+                                    f"({longs[0]} A B C)")
                 elif isinstance(exc, click.MissingParameter) and used and \
                         isinstance(exc.param, click.Argument):
                     exc.message = (f"It goes before {used[0]}, whose values run up to the "

@@ -127,7 +127,7 @@ def quote_ranking(ranking, cost) -> dict:
         costed = [cost(row) for row in tied]
         known = [(c[0], c[1], row) for c, row in zip(costed, tied) if c[0] is not None]
         if known:
-            seconds, text, row = min(known, key=lambda k: k[0])
+            _, text, row = min(known, key=lambda k: k[0])
             pick = {**plain(row), "cost": text}
     return {"best": plain(best), "tied": [plain(r) for r in tied], "pick": pick,
             "summary": ranking.summary}
@@ -145,7 +145,8 @@ def inference_cost(dataset):
             flops = inference_flops(dataset, row["model"], layer=row.get("layer"))
         except EmbedkitError:  # a saved set's model that is not on this machine
             return None, "cost unknown"
-        return flops, f"{flops / 1e9:.2f} GFLOPs per item"
+        return flops, (f"{flops / 1e9:.2f} GFLOPs per item" if flops else
+                       "no convolution or matrix product to count")
 
     return cost
 

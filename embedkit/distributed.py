@@ -190,45 +190,45 @@ class _Embedder:
     def __call__(self, table):
         import pyarrow as pa
 
+        from .extract import NOT_FINITE, accept_samples
+
         keys = table.column("key").to_pylist()
         ids = table.column("id").to_pylist()
         names = table.column("name").to_pylist()
         sources = table.column("source").to_pylist()
         errors = table.column("error").to_pylist()
-        accepted = []
-        for i, blob in enumerate(table.column("sample").to_pylist()):
-            if errors[i] is not None:
-                continue
-            sample = pickle.loads(blob)
-            why = self.backbone.accept(sample)
-            if why is None:
-                accepted.append((i, sample))
-            else:
-                errors[i] = f"{names[i]}: {why}"
+        indices, samples, refused = accept_samples(
+            self.backbone, ((i, pickle.loads(blob)) for i, blob in
+                            enumerate(table.column("sample").to_pylist()) if errors[i] is None),
+            lambda i: names[i])
+        for i, error in refused:
+            errors[i] = error
         vectors = np.zeros((len(keys), self.backbone.dim), np.float32)
-        for start in range(0, len(accepted), self.batch_size):
-            chunk = accepted[start:start + self.batch_size]
-            batch = self.backbone.collate([s for _, s in chunk])
-            vectors[[i for i, _ in chunk]] = np.asarray(self.backbone.embed(batch), np.float32)
-        for i, _ in accepted:
+        for start in range(0, len(indices), self.batch_size):
+            batch = self.backbone.collate(samples[start:start + self.batch_size])
+            vectors[indices[start:start + self.batch_size]] = np.asarray(
+                self.backbone.embed(batch), np.float32)
+        for i in indices:
             if not np.isfinite(vectors[i]).all():
-                errors[i] = "the model produced NaN/inf values"
+                errors[i] = NOT_FINITE
         good = [i for i in range(len(keys)) if errors[i] is None]
         if good:
             name = f"{self.fingerprint[:16]}-{uuid.uuid4().hex}{SHARD_SUFFIX}"
             write_shard(self.shard_dir / name, self.fingerprint, [keys[i] for i in good],
                         [ids[i] for i in good], vectors[good], [sources[i] for i in good])
         column = vector_column(vectors)
-        mask = pa.array([e is not None for e in errors])
+        mask = pa.array([e is not None for e in errors], pa.bool_())
         # e.g. OOV counts, which the driver adds up (row 0 carries them; an empty batch waits)
         report = self.backbone.report_state() if keys else None
+        reports = [None] * len(keys)
+        if report is not None:
+            reports[0] = pickle.dumps(report, protocol=5)
         return pa.table({
             "key": pa.array(keys, pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(column.values, column.type.list_size,
                                                         mask=mask),
             "error": pa.array(errors, pa.string()),
-            "report": pa.array([None if report is None else pickle.dumps(report, protocol=5)]
-                               + [None] * (len(keys) - 1), pa.binary()),
+            "report": pa.array(reports, pa.binary()),
         })
 
 

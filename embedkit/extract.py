@@ -499,6 +499,10 @@ def _choose_path(backbone, ds: Dataset, dev: str, precision: str, runtime: str, 
     return backbone, on_device
 
 
+#: Why a computed vector is refused (never stored): the model's output was not finite.
+NOT_FINITE = "the model produced NaN/inf values"
+
+
 def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, compile):
     """(indices into todo, float32 vectors, [(index, error)]) per batch, in order: decoded on
     the device (device_decode) or by the backbone's preprocess, in DataLoader workers or (with
@@ -523,19 +527,28 @@ def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, co
                   for start in range(0, len(todo), batch_size))
     for ok, batch, errors in loader:
         if batch is None:  # not collated in the worker: accept, then collate here
-            indices, samples = [], []
-            for i, sample in ok:
-                why = backbone.accept(sample)
-                if why is None:
-                    indices.append(i)
-                    samples.append(sample)
-                else:
-                    errors.append((i, f"{todo[i][1].name}: {why}"))
+            indices, samples, refused = accept_samples(backbone, ok, lambda i: todo[i][1].name)
+            errors += refused
             batch = backbone.collate(samples) if indices else None
         else:
             indices = ok
         vectors = np.asarray(backbone.embed(batch), dtype=np.float32) if indices else None
         yield indices, vectors, errors
+
+
+def accept_samples(backbone, indexed_samples, name_of) -> tuple[list[int], list, list[tuple[int, str]]]:
+    """(indices, samples, [(index, error)]): the samples `backbone.accept` takes, in order, and
+    why each other one was refused (named by `name_of(index)`).  Run where the model runs
+    (this process, or a Ray model actor), since `accept` also counts for `report`."""
+    indices, samples, refused = [], [], []
+    for i, sample in indexed_samples:
+        why = backbone.accept(sample)
+        if why is None:
+            indices.append(i)
+            samples.append(sample)
+        else:
+            refused.append((i, f"{name_of(i)}: {why}"))
+    return indices, samples, refused
 
 
 def _compute(backbone, todo, store, fingerprint, batch_size, workers, bar, strict, device,
@@ -552,7 +565,7 @@ def _compute(backbone, todo, store, fingerprint, batch_size, workers, bar, stric
             if indices:
                 finite = np.isfinite(vectors).all(axis=1)
                 for i in np.flatnonzero(~finite):
-                    bad.append((todo[indices[i]][0], "the model produced NaN/inf values"))
+                    bad.append((todo[indices[i]][0], NOT_FINITE))
                 keep = [j for j in range(len(indices)) if finite[j]]
                 keys = [todo[indices[j]][0] for j in keep]
                 items = [todo[indices[j]][1] for j in keep]

@@ -269,8 +269,11 @@ def inference_flops(dataset, model: str, layer: str | None = None, items: int = 
     MODEL@LAYER, counted by PyTorch (`torch.utils.flop_counter`: convolutions and matrix
     products, two per multiply-add; the forward stops at the layer read): what using the
     candidate costs, which the cache hides from the ranking itself.  A count, not a timing, so
-    the same candidates always compare the same way, however busy the machine; a model that
-    does no PyTorch arithmetic (word vectors: a look-up and a mean) counts 0."""
+    the same candidates always compare the same way, however busy the machine.  What the
+    counter has no formula for counts 0: a model that does no PyTorch arithmetic (word
+    vectors: a look-up and a mean), and attention's own products in PyTorch's CPU kernel (a
+    transformer's projections and feed-forward layers, most of its work on short texts, are
+    counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .inputs import open_dataset
@@ -282,6 +285,7 @@ def inference_flops(dataset, model: str, layer: str | None = None, items: int = 
         raise UsageError(f"{dataset}: no items to measure a model's cost on")
     backbone = create_backbone(model, layer=layer, **options)
     batch = backbone.collate([backbone.preprocess(item) for item in chosen])
+    backbone.embed(batch)  # one-time work (weights, the layers' shapes) is not the model's
     with FlopCounterMode(display=False) as counter:
         backbone.embed(batch)
     return counter.get_total_flops() / len(chosen)

@@ -247,8 +247,13 @@ class _Database:
                 return
             except sqlite3.Error as exc:
                 busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-                if not busy or time.monotonic() > deadline:
+                if not busy:
                     raise _sqlite_error(self.path, exc) from None
+                if time.monotonic() > deadline:
+                    raise CacheUnavailable(
+                        f"{self.path}: another process has held the cache index for "
+                        f"{patience_s:.0f} s; wait for it to finish, or pick another location "
+                        "with --cache or EMBEDKIT_HOME") from None
                 time.sleep(0.01 + 0.04 * random.random())
 
     def close(self):

@@ -169,3 +169,38 @@ def test_workers_come_from_what_the_cluster_has():
 def test_ray_options_need_the_ray_engine(plain):
     with pytest.raises(UsageError, match="--engine ray"):
         embedkit.extract(plain["lines"], address="auto", cache=plain["lines"].parent / "c")
+
+
+def test_the_model_stage_takes_empty_and_partly_bad_batches(tmp_path):
+    """The model actor's batch function, called as Ray Data calls it: an empty batch gives an
+    empty table (Ray may hand one over), and a batch's report state rides on its first row."""
+    import pickle
+
+    import pyarrow as pa
+
+    from embedkit.distributed import _Embedder
+    from embedkit.inputs import Item
+    from embedkit.registry import create_backbone
+
+    backbone = create_backbone("glove-6b-50d")
+    stage = _Embedder(backbone.creation, "text", backbone.fingerprint(), "fp32", "cpu", 1,
+                      tmp_path, 32)
+    columns = {"key": pa.string(), "id": pa.string(), "name": pa.string(),
+               "source": pa.string(), "sample": pa.binary(), "error": pa.string()}
+    empty = stage(pa.table({k: pa.array([], t) for k, t in columns.items()}))
+    assert empty.num_rows == 0 and "report" in empty.column_names
+    texts = ["the cat sat", "qzxqzx", None]
+    samples = [pickle.dumps(backbone.preprocess(Item(str(i), text=t))) if t else None
+               for i, t in enumerate(texts)]
+    out = stage(pa.table({"key": ["k0", "k1", "k2"], "id": ["0", "1", "2"],
+                          "name": ["line 1", "line 2", "line 3"], "source": texts,
+                          "sample": samples, "error": [None, None, "line 3: unreadable"]}))
+    errors = out.column("error").to_pylist()
+    assert errors[0] is None and "out of vocabulary" in errors[1]
+    assert errors[2] == "line 3: unreadable"
+    reports = out.column("report").to_pylist()
+    assert reports[1:] == [None, None]
+    backbone.merge_report(pickle.loads(reports[0]))
+    assert backbone.report()[0] == "OOV: 25.0% of 4 tokens; 1 text fully out of vocabulary " \
+        "(skipped)"
+    assert len(list(tmp_path.glob("*.parquet"))) == 1  # the good row's shard

@@ -237,7 +237,7 @@ def test_cli_similarity_matrix_table_json_csv_and_heatmap(three_domains, tmp_pat
     result = runner.invoke(cli, ["rank-sources", paths[0]])
     assert result.exit_code == 2 and "--sources" in result.output
     result = runner.invoke(cli, ["rank-sources", *paths])  # sources without the option
-    assert result.exit_code == 2 and "several values go after --sources" in result.output
+    assert result.exit_code == 2 and "only --sources takes several values" in result.output
     result = runner.invoke(cli, ["rank-sources", "--sources", *paths])  # the target last
     assert result.exit_code == 2 and "TARGET" in result.output
     assert "It goes before --sources, whose values run up to the next option" in result.output

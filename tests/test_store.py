@@ -231,9 +231,12 @@ def test_an_index_of_the_first_format_is_rebuilt_from_the_shards(tmp_path):
     db = sqlite3.connect(tmp_path / "s" / "index.sqlite")
     db.execute("PRAGMA user_version = 1")
     db.execute("CREATE TABLE file_hashes (path TEXT)")
+    db.execute("INSERT INTO vectors VALUES (?, 'stale', 'gone.parquet', 0)", (FP,))
     db.commit()
     db.close()
     with Store(tmp_path / "s") as s:
         names = {r[0] for r in s._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "file_hashes" not in names
+        rows = s._db.execute("SELECT content FROM vectors ORDER BY content").fetchall()
+        assert rows == [("a",), ("b",)], "the index is the shards' alone, the stale row gone"
         assert s.get_many(FP, ["a", "b"])["b"].tolist() == _vectors(2)[1].tolist()

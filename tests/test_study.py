@@ -93,6 +93,10 @@ def test_sources_and_models_take_several_values_each():
     assert ctx.params["sources"] == ("a", "b")
     assert ctx.params["models"] == ("m1", "m2@blocks.4")
     assert ctx.params["budget"] == 3 and ctx.params["output"] == "out"
+    ctx = study.make_context("study", ["--sources=a", "b", "-s", "c", "--models", "m1", "-o", "o",
+                                       "--seed", "-1", "--", "-a-target"])
+    assert ctx.params["sources"] == ("a", "b", "c") and ctx.params["models"] == ("m1",)
+    assert ctx.params["seed"] == -1 and ctx.params["target"] == "-a-target"
 
 
 # -- one real study, shared by the tests below --------------------------------------------------
