@@ -31,6 +31,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import stat as stat_module
 import time
@@ -97,6 +98,24 @@ def default_root() -> Path:
         return Path(os.environ["EMBEDKIT_HOME"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "embedkit"
+
+
+#: This node, as temporary shard names carry it ("h" and 12 hex digits of its host name's hash).
+_HOST = "h" + hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12]
+#: Another node's temporary shard file older than this is a dead writer's (a day; writing one
+#: shard takes seconds).
+STALE_TEMP_S = 24 * 3600
+
+
+def _temp_writer(name: str) -> tuple[str | None, int]:
+    """(node, process id) of a temporary shard file's writer; node None for names from before
+    nodes were recorded (`.tmp-<pid>-...`); pid -1 where unreadable."""
+    parts = name[len(TMP_PREFIX):].split("-")
+    host = parts[0] if len(parts) > 2 and parts[0].startswith("h") else None
+    try:
+        return host, int(parts[1] if host else parts[0])
+    except ValueError:
+        return host, -1
 
 
 def _pid_alive(pid: int) -> bool:
@@ -191,7 +210,7 @@ def write_shard(path: Path, fingerprint: str, contents, ids, vectors: np.ndarray
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     data = sink.getvalue().to_pybytes()
-    atomic_write(path, data, tmp_prefix=f"{TMP_PREFIX}{os.getpid()}-",
+    atomic_write(path, data, tmp_prefix=f"{TMP_PREFIX}{_HOST}-{os.getpid()}-",
                  before_rename=lambda: fault_point("shard-written"))
     fault_point("shard-renamed")
     return hashlib.sha256(data).hexdigest()
@@ -334,12 +353,21 @@ class Store:
 
     # -- housekeeping -----------------------------------------------------------------------
     def _remove_stray_temp_files(self):
+        """Remove the temporary shard files of writers that died.  A file names its writer's
+        node and process id (`.tmp-<node>-<pid>-...`): on this node a dead process id settles
+        it; another node's file (a cache on shared storage) is left alone unless it is older
+        than `STALE_TEMP_S`, since that process cannot be asked from here."""
+        now = time.time()
         for tmp in self.shard_dir.glob(f"{TMP_PREFIX}*"):
-            try:
-                pid = int(tmp.name[len(TMP_PREFIX):].split("-", 1)[0])
-            except ValueError:
-                pid = -1
-            if pid != os.getpid() and not _pid_alive(pid):
+            host, pid = _temp_writer(tmp.name)
+            if host not in (None, _HOST):
+                try:
+                    stale = now - tmp.stat().st_mtime > STALE_TEMP_S
+                except OSError:
+                    continue
+                if stale:
+                    tmp.unlink(missing_ok=True)
+            elif pid != os.getpid() and not _pid_alive(pid):
                 tmp.unlink(missing_ok=True)
 
     def _shard_files(self) -> dict[str, Path]:

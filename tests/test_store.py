@@ -99,6 +99,28 @@ def test_crash_leftovers_are_cleaned_and_unindexed_shards_absorbed(tmp_path):
         assert s.verify() == []
 
 
+def test_temporary_files_of_other_nodes_are_left_to_age(tmp_path):
+    """On shared storage a writer on another node cannot be asked whether it lives: its
+    temporary shard is removed only once it is a day old; on this node a dead pid decides."""
+    import time
+
+    from embedkit.store import _HOST, STALE_TEMP_S
+
+    root = tmp_path / "s"
+    Store(root).close()
+    shards = root / "shards"
+    ours_dead = shards / f"{TMP_PREFIX}{_HOST}-999999999-aa.parquet"
+    ours_alive = shards / f"{TMP_PREFIX}{_HOST}-{os.getppid()}-bb.parquet"
+    theirs = shards / f"{TMP_PREFIX}h0123456789ab-999999999-cc.parquet"
+    theirs_old = shards / f"{TMP_PREFIX}h0123456789ab-999999999-dd.parquet"
+    for p in (ours_dead, ours_alive, theirs, theirs_old):
+        p.write_bytes(b"part of a shard")
+    day_ago = time.time() - STALE_TEMP_S - 60
+    os.utime(theirs_old, (day_ago, day_ago))
+    Store(root).close()
+    assert sorted(p.name for p in shards.iterdir()) == sorted([ours_alive.name, theirs.name])
+
+
 def test_index_rebuilds_from_shards_alone(tmp_path):
     root = tmp_path / "s"
     with Store(root) as s:
