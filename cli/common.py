@@ -149,6 +149,20 @@ def embeddings_columns(f):
                              "its only list column).")(command)
 
 
+def figure_path(ctx, param, value):
+    """Click callback for an option naming a figure file: a suffix matplotlib cannot write is
+    refused before any work (`plots.check_figure_path`)."""
+    if value is None:
+        return value
+    from embedkit.plots import check_figure_path
+
+    try:
+        check_figure_path(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def list_options(*names: str) -> type[click.Command]:
     """A command class whose options `names` (e.g. "--sources", "-s") take several values each:
     `--sources A B C` (or `--sources=A B C`) gives the values after the option, up to the next

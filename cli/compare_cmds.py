@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, emit_json, json_option, list_options, \
-    model_options, run_options, table
+from embedkit.cli.common import cache_option, emit_json, figure_path, json_option, \
+    list_options, model_options, run_options, table
 
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
 
@@ -78,6 +78,7 @@ def similarity_command(cli):
     @click.option("--gamma", type=float, default=None, help="EMD similarity exp(-gamma EMD) "
                   "(default 0.01, as in Cui et al.).")
     @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
+                  callback=figure_path,
                   help="Save the matrix as a PNG (one file per metric: NAME-METRIC.png).")
     @run_options
     @cache_option

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, choice, device_option, emit_json, json_option, \
-    model_options, quiet_option, run_options, table
+from embedkit.cli.common import cache_option, choice, device_option, emit_json, figure_path, \
+    json_option, model_options, quiet_option, run_options, table
 from embedkit.finetune import DEFAULTS
 from embedkit.options import AUGMENT_MODES, CLASSIFIER_NAMES, OPTIMIZERS, PROJECTIONS, \
     RESAMPLING, SCALERS
@@ -21,12 +21,22 @@ def _extraction_note(es):
         click.echo(str(summary), err=True)
 
 
+def _skops_path(value: str) -> str:
+    """A model is saved as NAME.skops: any other name could be a user's data (before, `-o
+    feats.parquet` replaced the features with the model)."""
+    if not value.lower().endswith(".skops"):
+        raise click.BadParameter(f"{value}: a model is saved as a .skops file, e.g. -o "
+                                 "model.skops")
+    return value
+
+
 @click.command()
 @click.argument("features_or_dataset")
 @model_options
 @click.option("--classifier", "-c", type=choice(CLASSIFIER_NAMES), default="svm-linear",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              callback=lambda ctx, param, value: _skops_path(value),
               help="Where to save the model (.skops).")
 @click.option("--cv", type=int, default=5, show_default=True,
               help="Folds of the stratified cross-validation that picks hyper-parameters.")
@@ -114,7 +124,7 @@ def _per_task_path(path: str, task: str, several: bool) -> Path:
 @click.command()
 @click.argument("model_file", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.argument("data")
-@click.option("--confusion", type=click.Path(dir_okay=False), default=None,
+@click.option("--confusion", type=click.Path(dir_okay=False), default=None, callback=figure_path,
               help="Save the confusion matrix as PNG (one file per task: NAME-TASK.png).")
 @run_options
 @cache_option
@@ -223,7 +233,7 @@ def _write_rows(rows: list[dict], path: Path, suffix: str):
 @click.argument("features")
 @model_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="PNG file to write.")
+              callback=figure_path, help="PNG file to write (or .svg, .pdf).")
 @click.option("--method", type=choice(PROJECTIONS), default="pca",
               show_default=True, help="2-D projection (umap needs: pip install 'embedkit[umap]').")
 @click.option("--label", default=None, help="Label column that colours the points.")

@@ -64,7 +64,9 @@ class Summary:
                  f"{len(self.skipped)} skipped"
                  + (f"; {self.throughput:.1f} items/s on {self.device}" if self.computed else "")]
         lines += [f"  {note}" for note in self.notes]
-        lines += [f"  skipped {i}: {r}" for i, r in self.skipped]
+        # a reason usually starts with the item's name, often its id too: say it once
+        lines += [f"  skipped {r}" if r.startswith(f"{i}: ") else f"  skipped {i}: {r}"
+                  for i, r in self.skipped]
         return "\n".join(lines)
 
 

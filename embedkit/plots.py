@@ -8,7 +8,8 @@ import numpy as np
 
 from .options import PROJECTIONS
 
-__all__ = ["confusion_matrix_png", "embedding_map", "heatmap", "project_2d"]
+__all__ = ["check_figure_path", "confusion_matrix_png", "embedding_map", "heatmap",
+           "project_2d"]
 
 
 def _pyplot():
@@ -20,10 +21,24 @@ def _pyplot():
     return plt
 
 
+def check_figure_path(path) -> Path:
+    """`path` if matplotlib can write a figure in the format its suffix names, else a
+    UsageError that lists the formats (checked before any work, not after it)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from .errors import UsageError
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if Path(path).suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"{path}: a figure is written as .png, .svg or .pdf (any of "
+                         f"{', '.join(formats)}); give the file one of those suffixes")
+    return Path(path)
+
+
 def _save(fig, path) -> Path:
-    """Lay out, write the PNG (creating its folder) and free the figure."""
+    """Lay out, write the figure (creating its folder) and free it."""
+    path = check_figure_path(path)
     fig.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)

@@ -83,3 +83,22 @@ def test_extract_then_cache_maintenance(tmp_path, digits_small):
     assert "->" in run("cache", "compact", "--cache", cache).output
     assert "removed" in run("cache", "clear", "--cache", cache, "--yes").output
     assert json.loads(run("cache", "info", "--cache", cache, "--json").output)["vectors"] == 0
+
+
+@pytest.mark.parametrize("args", [["plot", "feats.parquet", "-o", "map.txt"],
+                                  ["evaluate", "m.skops", "data", "--confusion", "cm.txt"],
+                                  ["similarity", "a", "b", "--heatmap", "sim.txt"]])
+def test_a_figure_suffix_matplotlib_cannot_write_is_refused_before_any_work(args):
+    """Before: matplotlib's ValueError traceback, after the whole computation."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert ".txt: a figure is written as .png, .svg or .pdf" in result.output
+
+
+def test_train_saves_only_to_a_skops_file(tmp_path):
+    """Before: `train feats.parquet -o feats.parquet` replaced the features with the model."""
+    feats = tmp_path / "feats.parquet"
+    feats.write_bytes(b"the user's features")
+    result = CliRunner().invoke(cli, ["train", str(feats), "-o", str(feats)])
+    assert result.exit_code == 2 and "a model is saved as a .skops file" in result.output
+    assert feats.read_bytes() == b"the user's features"
