@@ -26,8 +26,8 @@ import numpy as np
 from .errors import UsageError
 from .files import atomic_write
 
-__all__ = ["PARTS_MARKER", "EmbeddingsWriter", "ids_sidecar", "is_parts_folder", "output_kind",
-           "read_parquet_set", "read_saved", "read_sidecar"]
+__all__ = ["PARTS_MARKER", "EmbeddingsWriter", "csv_layout", "ids_sidecar", "is_parts_folder",
+           "output_kind", "read_csv_set", "read_parquet_set", "read_saved", "read_sidecar"]
 
 PARTS_MARKER = "_embedkit.json"  # "_": skipped by Arrow, pandas and Spark readers
 #: Rows per part of a folder output when the number of parts is not given.
@@ -287,13 +287,44 @@ def read_saved(files: list[Path], label_names: list[str]):
 
         es = load_embeddings(files[0])
         return es.ids, es.vectors, es.label_columns
-    with open(files[0], newline="", encoding="utf-8") as f:  # .csv: id, labels, v0...
-        reader = csv.reader(f)
-        next(reader)
-        rows = list(reader)
+    return read_csv_set(files[0])
+
+
+def csv_layout(path) -> list[str] | None:
+    """The label columns of a .csv embedkit wrote (`id`, labels, `v0`..`v{d-1}`), or None for
+    any other CSV (a manifest, say)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if not header or header[0] != "id" or "v0" not in header:
+        return None
+    first = header.index("v0")
+    if header[first:] != [f"v{j}" for j in range(len(header) - first)]:
+        return None
+    return header[1:first]
+
+
+def read_csv_set(path) -> tuple[list[str], np.ndarray, dict[str, list]]:
+    """(ids, vectors, label columns) of a .csv embedkit wrote; empty label cells are None."""
+    label_names = csv_layout(path)
+    if label_names is None:
+        raise UsageError(f"{path}: not embeddings as embedkit writes them (columns id, labels, "
+                         "v0, v1, ...)")
+    with open(path, newline="", encoding="utf-8") as f:
+        header, *rows = list(csv.reader(f))
     k = len(label_names)
+    short = next((n for n, r in enumerate(rows, 2) if len(r) != len(header)), None)
+    if short is not None:
+        raise UsageError(f"{path}: row {short} has {len(rows[short - 2])} cells, the header "
+                         f"{len(header)}; write the file again (embedkit extract ... -o FILE.csv)")
+    try:
+        vectors = np.asarray([r[1 + k:] for r in rows], dtype=np.float32).reshape(
+            len(rows), len(header) - 1 - k)
+    except ValueError as exc:
+        raise UsageError(f"{path}: a vector cell is not a number ({exc})") from None
     labels = {name: [r[1 + j] or None for r in rows] for j, name in enumerate(label_names)}
-    vectors = np.asarray([r[1 + k:] for r in rows], dtype=np.float32)
     return [r[0] for r in rows], vectors, labels
 
 

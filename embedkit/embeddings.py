@@ -184,8 +184,17 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
     if not path.is_file():
         raise NotFoundError(f"{path}: no such embeddings file or folder of parts")
     suffix = path.suffix.lower()
+    if suffix == ".csv":  # embedkit's own: id, labels, v0..v{d-1}
+        from .embedding_files import read_csv_set
+
+        if vector_column or id_column or label_column or ids:
+            raise UsageError(f"{path}: a .csv of embeddings carries its own columns; vector / "
+                             "id / label columns are for other tools' files")
+        ident, vectors, labels = read_csv_set(path)
+        return EmbeddingSet(ident, vectors, labels, {"source": str(path)})
     if suffix not in LOAD_SUFFIXES:
-        raise UsageError(f"{path}: embeddings are read from {', '.join(LOAD_SUFFIXES)} files")
+        raise UsageError(f"{path}: embeddings are read from {', '.join(LOAD_SUFFIXES)} files "
+                         "(and .csv as embedkit writes it)")
     if suffix == ".parquet":
         if ids is not None:
             raise UsageError(f"{path}: an ids file goes with .npy / .npz vectors; name the id "
@@ -384,10 +393,13 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def is_embeddings_file(spec) -> bool:
-    """A saved set: a .parquet / .npy / .npz file, or a folder of parts written by embedkit."""
-    from .embedding_files import is_parts_folder
+    """A saved set: a .parquet / .npy / .npz file, a .csv as embedkit writes it (not a
+    manifest), or a folder of parts written by embedkit."""
+    from .embedding_files import csv_layout, is_parts_folder
 
     if not isinstance(spec, (str, os.PathLike)):
         return False
+    if str(spec).lower().endswith(".csv"):
+        return os.path.isfile(spec) and csv_layout(spec) is not None
     return (str(spec).lower().endswith(LOAD_SUFFIXES) and os.path.isfile(spec)) or \
         is_parts_folder(spec)

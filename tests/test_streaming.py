@@ -69,6 +69,17 @@ def test_parts_folder_npy_sidecar_and_csv_hold_the_same_set(tmp_path, digits_sma
                                output=tmp_path / "x.csv")
     assert csv_set.ids == reference.ids
     np.testing.assert_allclose(csv_set.vectors, reference.vectors, rtol=1e-6)
+    # a .csv embedkit wrote reads back wherever a saved set goes (before: taken for a manifest)
+    back = load_embeddings(tmp_path / "x.csv")
+    assert back.ids == reference.ids and list(back.labels) == list(reference.labels)
+    np.testing.assert_array_equal(back.vectors, reference.vectors)  # .9g: float32 exactly
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "x.csv"), "--cv", "2",
+                                      "-o", str(tmp_path / "m.skops"), "-q"])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,label,v0,v1\na,cat,1,2\nb,dog,3\n")
+    with pytest.raises(embedkit.errors.UsageError, match="bad.csv: row 3 has 3 cells"):
+        load_embeddings(bad)
 
 
 def test_an_npy_rewrite_stopped_between_its_files_never_pairs_old_ids(tmp_path, monkeypatch):
