@@ -271,8 +271,9 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
                                    **(backbone_options or {}))
     backbone = backbone.tower(ds.modality) or backbone  # CLIP: the tower for this data
     if backbone.modality != ds.modality:
-        raise UsageError(f"{backbone.name} embeds {backbone.modality}s but {ds.root} holds "
-                         f"{ds.modality}s; pick a {ds.modality} model (embedkit models)")
+        article = "an" if ds.modality[0] in "aeiou" else "a"
+        raise UsageError(f"{backbone.name} embeds {backbone.modality}s but {ds.shown} holds "
+                         f"{ds.modality}s; pick {article} {ds.modality} model (embedkit models)")
     at_least("--batch-size", batch_size, 1)
     if workers is not None:
         at_least("--workers", workers, 0)
@@ -310,7 +311,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
                          {name: [it.labels.get(name) for it in rows] for name in ds.label_names})
             if not sink.rows:
                 skipped = summary.skipped
-                raise BadInputError(f"{ds.root}: no item could be embedded ({len(skipped)} "
+                raise BadInputError(f"{ds.shown}: no item could be embedded ({len(skipped)} "
                                     "skipped); first problem: "
                                     f"{skipped[0][1] if skipped else 'empty dataset'}")
     finally:

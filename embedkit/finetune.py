@@ -460,9 +460,9 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
     _check_output(out, resume)
     ds = open_dataset(dataset, label=label)
     if ds.modality != "image":
-        raise UsageError(f"{ds.root} holds {ds.modality}s; fine-tuning trains image networks")
+        raise UsageError(f"{ds.shown} holds {ds.modality}s; fine-tuning trains image networks")
     if not ds.label_names:
-        raise UsageError(f"{ds.root} has no labels; fine-tuning needs class subfolders or a "
+        raise UsageError(f"{ds.shown} has no labels; fine-tuning needs class subfolders or a "
                          "manifest label column")
     task = ds.label_names[0]
     items = [it for it in ds.items if it.error is None and it.labels.get(task) not in (None, "")]

@@ -69,9 +69,15 @@ class Dataset:
     items: Sequence[Item]  # a list, or streamed (TextLines, FolderItems)
     label_names: list[str] = field(default_factory=list)  # label columns, primary first
     notes: list[str] = field(default_factory=list)  # reading notes (e.g. invalid UTF-8 bytes)
+    name: str = ""  # what the user gave (a path as typed, a bundled name): messages name it
 
     def __len__(self):
         return len(self.items)
+
+    @property
+    def shown(self) -> str:
+        """The dataset as messages name it: what the user gave, else its root folder."""
+        return self.name or self.root
 
 
 def normalise_text(text: str) -> str:
@@ -185,14 +191,18 @@ def _read_manifest(path: Path) -> tuple[list[tuple[int, dict]], str | None]:
     """(line number, row) pairs of a CSV or JSONL manifest, and the decoding note."""
     text, note = read_text(path)
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        # strict: a quote left open is an error, not a field that swallows the rest of the file
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
         rows, start = [], None
         try:
             for row in reader:
                 rows.append((start or reader.line_num, row))
                 start = reader.line_num + 1
         except csv.Error as exc:
-            raise BadInputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+            line = start or reader.line_num + 1  # where the row that failed begins
+            hint = ("; a quote opened in this row is never closed"
+                    if "end of data" in str(exc) else "")
+            raise BadInputError(f"{path}:{line}: not valid CSV ({exc}){hint}") from None
         return [(n, {k: v for k, v in r.items() if k is not None}) for n, r in rows], note
     rows = []
     for lineno, line in enumerate(split_lines(text), 1):
@@ -433,6 +443,12 @@ def open_dataset(spec, label: str | None = None, within: str | None = None) -> D
     """
     if isinstance(spec, Dataset):
         return spec
+    ds = _open_dataset(spec, label, within)
+    ds.name = "the given list" if _is_values(spec) else display_name(str(spec))
+    return ds
+
+
+def _open_dataset(spec, label: str | None, within: str | None) -> Dataset:
     if _is_values(spec):
         return from_list(spec)
     try:
@@ -459,7 +475,7 @@ def open_dataset(spec, label: str | None = None, within: str | None = None) -> D
             from . import samples
 
             if str(spec) in samples.names():
-                return open_dataset(samples.export(str(spec)), label, within)
+                return _open_dataset(samples.export(str(spec)), label, within)
             raise NotFoundError(f"{display_name(str(spec))}: no such file, folder or bundled "
                                 "dataset (see: embedkit datasets list)")
     except PermissionError as exc:

@@ -162,6 +162,18 @@ def test_manifest_problems_are_bad_input_exit_5(tmp_path):
     assert_one_line(run("extract", tmp_path / "lines.jsonl", "-q"), 5, "lines.jsonl:2")
     (tmp_path / "dup.csv").write_text("id,text\na,the cat\na,the dog\n")
     assert_one_line(run("extract", tmp_path / "dup.csv", "-q"), 5, "id 'a' is used twice")
+    # before: the open quote swallowed every later row into one text, without a word
+    (tmp_path / "open.csv").write_text('text,label\n"unterminated,pos\nok film,neg\n')
+    assert_one_line(run("extract", tmp_path / "open.csv", "-q"), 5,
+                    "open.csv:2: not valid CSV (unexpected end of data); a quote opened in this "
+                    "row is never closed")
+    # messages name the dataset as given, not the folder it is in
+    (tmp_path / "new.txt").write_text("a cat\n")
+    assert_one_line(run("extract", tmp_path / "new.txt", "-m", "efficientnet_lite0", "-q"), 2,
+                    "new.txt holds texts; pick a text model")
+    (tmp_path / "gone.csv").write_text(f"path,label\n{tmp_path / 'nothing.png'},x\n")
+    assert_one_line(run("extract", tmp_path / "gone.csv", "-q"), 5,
+                    "gone.csv: no item could be embedded")
 
 
 # -- inputs, consistently ----------------------------------------------------------------------

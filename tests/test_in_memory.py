@@ -170,7 +170,7 @@ def test_other_inputs_are_refused_in_one_line_naming_the_type(values, message, t
 
 def test_a_pil_image_never_becomes_text(tmp_path):
     images = [Image.new("RGB", (8, 8), (200, 10, 10))]
-    with pytest.raises(UsageError, match="glove-6b-50d embeds texts but <in-memory> holds images"):
+    with pytest.raises(UsageError, match="glove-6b-50d embeds texts but the given list holds images"):
         embedkit.extract(images, "glove-6b-50d", cache=tmp_path, progress=False)
     es = embedkit.extract(images, cache=tmp_path, workers=0, progress=False)  # default: images
     assert es.meta["modality"] == "image" and es.vectors.shape == (1, 1280)
