@@ -372,7 +372,9 @@ def similarity_matrix(sets, metric: str = "cosine-mean", **options) -> Similarit
     k = len(names)
     values = np.full((k, k), np.nan)
     for i in range(k):
-        for j in range(i, k):
+        if not m.higher_is_more_similar:  # a distance from a set to itself is 0 by definition,
+            values[i, i] = 0.0            # not an estimate (unbiased MMD^2 dips below 0 there)
+        for j in range(i + (not m.higher_is_more_similar), k):
             values[i, j] = values[j, i] = _compute(m, sets[names[i]], sets[names[j]], options)
     notes = []
     if metric == "emd":

@@ -651,6 +651,11 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
     if not cands:
         raise UsageError("name at least one candidate model (--models M1 M2@LAYER ...)")
     rows, notes, logits_of, sets = [], [], {}, {}
+    labels = [c.label for c in cands]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:  # each once: a second copy would be ranked as an unmeasured twin
+        notes.append(f"given more than once, ranked once: {', '.join(repeated)}")
+        cands = [c for i, c in enumerate(cands) if c.label not in labels[:i]]
     for cand in cands:
         log(f"embedding the target with {cand.label}")
         try:

@@ -152,10 +152,13 @@ def test_rank_models_default_on_real_digits(digits_small):
     from embedkit.cli.main import cli
 
     args = ["rank-models", str(digits_small), "--models", "efficientnet_lite0@blocks.1",
-            "efficientnet_lite0@pre_logits", "--budget", "30"]
+            "efficientnet_lite0@pre_logits", "efficientnet_lite0@blocks.1", "--budget", "30"]
     result = CliRunner().invoke(cli, [*args, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
+    # before: the repeat came first, unmeasured, a row of dashes
+    assert len(data["ranking"]) == 2
+    assert "given more than once, ranked once: efficientnet_lite0@blocks.1" in data["notes"]
     assert data["metrics"] == ["budgeted-probe"]
     for row in data["ranking"]:
         assert row["method"].startswith("probe ") and row["seconds"] > 0

@@ -241,3 +241,19 @@ def test_cli_similarity_matrix_table_json_csv_and_heatmap(three_domains, tmp_pat
     result = runner.invoke(cli, ["rank-sources", "--sources", *paths])  # the target last
     assert result.exit_code == 2 and "TARGET" in result.output
     assert "It goes before --sources, whose values run up to the next option" in result.output
+
+
+def test_a_distance_from_a_set_to_itself_is_zero_on_the_diagonal():
+    """The unbiased MMD^2 of a sample with itself is below 0 (its cross term keeps k(x, x)):
+    the matrix states 0 there, by definition, and estimates only between different sets."""
+    from embedkit.embeddings import EmbeddingSet
+    from embedkit.similarity import mmd2, similarity_matrix
+
+    rng = np.random.default_rng(0)
+    a, b = (EmbeddingSet([str(i) for i in range(30)], rng.normal(size=(30, 8)) + shift)
+            for shift in (0.0, 0.5))
+    assert mmd2(a, a) < 0  # what the diagonal used to show
+    for metric in ("mmd", "frechet"):
+        m = similarity_matrix({"a": a, "b": b}, metric)
+        assert m.values[0, 0] == m.values[1, 1] == 0.0 and m.values[0, 1] > 0
+    assert similarity_matrix({"a": a, "b": b}, "mmd").values[0, 1] == pytest.approx(mmd2(a, b))
