@@ -8,6 +8,7 @@ import click
 
 from embedkit.cli.common import cache_option, choice, device_option, emit_json, figure_path, \
     json_option, model_options, quiet_option, run_options, table
+from embedkit.classify import DEFAULT_CV
 from embedkit.finetune import DEFAULTS
 from embedkit.options import AUGMENT_MODES, CLASSIFIER_NAMES, OPTIMIZERS, PROJECTIONS, \
     RESAMPLING, SCALERS
@@ -38,7 +39,7 @@ def _skops_path(value: str) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               callback=lambda ctx, param, value: _skops_path(value),
               help="Where to save the model (.skops).")
-@click.option("--cv", type=int, default=5, show_default=True,
+@click.option("--cv", type=int, default=DEFAULT_CV, show_default=True,
               help="Folds of the stratified cross-validation that picks hyper-parameters.")
 @click.option("--scale", type=choice(SCALERS), default="standard",
               show_default=True, help="StandardScaler or L2 Normalizer before the classifier.")

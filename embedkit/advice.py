@@ -196,7 +196,7 @@ def advise(target, source, model: str | None = None, layer: str | None = None,
     small, similar = per_class < small_below, similarity >= similar_above
     target_text = _spec_text(target) if not is_embeddings_file(target) else \
         target_set.meta.get("dataset", str(target))
-    command, also = _next_steps(target_text, model, small, similar, labelled)
+    command, also = _next_steps(target_text, model, small, similar, labels if labelled else None)
     ranked = None
     if candidates:
         from .transfer import rank_models
@@ -212,17 +212,17 @@ def advise(target, source, model: str | None = None, layer: str | None = None,
 
 
 def _next_steps(target: str, model: str, small: bool, similar: bool,
-                labelled: bool) -> tuple[str, list[str]]:
+                labels) -> tuple[str, list[str]]:
+    """The next command and the advice's further steps; `labels` of the target (None: it has
+    none) fit the command's folds to its smallest class."""
+    from .classify import train_command
+
     t = shlex.quote(target)
     lower = lower_layer(model) if not similar else None
-    layer = f" --layer {lower}" if lower else ""
-    if similar:
-        command = f"embedkit train {t} --model {model} --classifier logreg -o model.skops"
-    else:
-        command = (f"embedkit train {t} --model {model}{layer} --classifier svm-rbf "
-                   "-o model.skops")
+    command = train_command(target, model, "logreg" if similar else "svm-rbf", layer=lower,
+                            labels=labels)
     also = []
-    if not labelled:
+    if labels is None:
         also.append("the target has no labels: label it (class subfolders or a manifest "
                     "column) before training")
     if not similar and lower:

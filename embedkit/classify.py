@@ -28,10 +28,13 @@ from .embeddings import EmbeddingSet, is_embeddings_file
 from .errors import BackboneMismatch, UsageError
 from .options import AUGMENT_MODES, CLASSIFIER_NAMES, RESAMPLING, SCALERS
 
-__all__ = ["CLASSIFIERS", "build_pipeline", "check_class_counts", "check_options",
+__all__ = ["CLASSIFIERS", "DEFAULT_CV", "build_pipeline", "check_class_counts", "check_options",
            "ClassifierChoice", "describe_features", "embed_with_recipe", "fold_splits",
            "head_scores", "holdout_split", "resample_rows", "Resampled", "train",
-           "TrainedClassifier", "training_features"]
+           "train_command", "TrainedClassifier", "training_features"]
+
+#: Folds of the grid search that `train` (and `embedkit train`) runs by default.
+DEFAULT_CV = 5
 
 
 
@@ -182,6 +185,26 @@ def build_pipeline(classifier: str = "svm-linear", *, scale: str = "standard",
         prefix = "clf__estimator__"
     scaler = StandardScaler() if scale == "standard" else Normalizer()
     return Pipeline([("scale", scaler), ("clf", estimator)]), prefix
+
+
+def train_command(target: str, model: str, classifier: str, layer: str | None = None,
+                  label: str | None = None, labels=None) -> str:
+    """The `embedkit train` command for a target, as advice and the study print it: with
+    `--cv` lowered to the smallest class of `labels` where it holds fewer than DEFAULT_CV
+    items (train refuses folds a class cannot fill), so the printed command runs."""
+    import shlex
+
+    parts = ["embedkit train", shlex.quote(target), "--model", shlex.quote(model)]
+    if layer:
+        parts += ["--layer", shlex.quote(layer)]
+    parts += ["--classifier", classifier]
+    if label:
+        parts += ["--label", shlex.quote(label)]
+    if labels is not None and len(labels):
+        smallest = int(np.unique(np.asarray(labels, dtype=str), return_counts=True)[1].min())
+        if 2 <= smallest < DEFAULT_CV:
+            parts += ["--cv", str(smallest)]
+    return " ".join([*parts, "-o", "model.skops"])
 
 
 def check_class_counts(y, need: int, task: str, why: str):
@@ -444,7 +467,8 @@ def _feature_recipe(es: EmbeddingSet, weights) -> dict:
     return recipe
 
 
-def train(features: EmbeddingSet, classifier: str = "svm-linear", *, tasks=None, cv: int = 5,
+def train(features: EmbeddingSet, classifier: str = "svm-linear", *, tasks=None,
+          cv: int = DEFAULT_CV,
           scale: str = "standard", class_weight: str | None = None, resample: str | None = None,
           seed: int = 0, holdout: float = 0.0, extra_rows: list[EmbeddingSet] | None = None,
           scoring: str = "balanced_accuracy", n_jobs: int | None = None,

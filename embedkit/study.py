@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -83,7 +82,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
     """
     from . import __version__
     from .advice import SIMILARITY_METRIC, advise, inference_cost, quote_ranking
-    from .classify import check_options
+    from .classify import check_options, train_command
     from .extract import embeddings_of
     from .inputs import open_dataset
     from .options import PROJECTIONS
@@ -164,7 +163,8 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
         "source_similarity": similarity["closest_value"] if similarity else None,
         "transfer": None if advice is None else ("freeze" if advice["small"] else "fine-tune"),
         "strategy": advice["strategy"] if advice else None,
-        "next_command": _train_command(str(target), pick, classifier, label),
+        "next_command": train_command(str(target), pick["model"], classifier,
+                                      layer=pick.get("layer"), label=label, labels=truth),
         "accuracy": report["accuracy"], "low": evaluation["low"], "high": evaluation["high"],
         "confidence": CONFIDENCE, "classifier": classifier,
         "estimate": f"nested {evaluation['outer_folds']}-fold cross-validation "
@@ -205,15 +205,6 @@ def _default_candidates(modality: str) -> list[str]:
     model = default_model(modality)
     lower = lower_layer(model) if modality == "image" else None
     return [f"{model}@{lower}", model] if lower else [model]
-
-
-def _train_command(target: str, pick: dict, classifier: str, label: str | None) -> str:
-    """The command that trains what the verdict measured (the rule of thumb's own command is in
-    its section): the picked model and layer, the judged classifier, the studied label."""
-    layer = f" --layer {shlex.quote(pick['layer'])}" if pick.get("layer") else ""
-    column = f" --label {shlex.quote(label)}" if label else ""
-    return (f"embedkit train {shlex.quote(target)} --model {shlex.quote(pick['model'])}{layer} "
-            f"--classifier {classifier}{column} -o model.skops")
 
 
 def honest_evaluation(features, classifier: str = "svm-linear", cv: int = 5,

@@ -74,8 +74,14 @@ def test_advise_on_real_digits(digits_small, tmp_path):
     advice = json.loads(result.stdout)
     assert advice["similarity"] > SIMILAR_ABOVE and advice["similar"]
     assert advice["small"] and advice["items_per_class"] == 4
-    assert advice["command"].endswith("--model efficientnet_lite0 --classifier logreg "
+    # 4 per class: the default 5 folds cannot be filled, so the command lowers them
+    assert advice["command"].endswith("--model efficientnet_lite0 --classifier logreg --cv 4 "
                                       "-o model.skops")
+    import shlex
+
+    command = shlex.split(advice["command"])[1:-1] + [str(tmp_path / "model.skops"), "-q"]
+    trained = CliRunner().invoke(cli, command)  # the printed command runs as printed
+    assert trained.exit_code == 0, trained.output
 
 
 # -- quoting the ranking -------------------------------------------------------------------
