@@ -140,7 +140,7 @@ def cosine(a, b, model, embeddings, as_json):
 
 
 @click.command()
-@click.argument("expression")
+@click.argument("expression", nargs=-1, required=True)
 @click.option("--model", "-m", default=None, help="Word vectors (default glove-6b-50d).")
 @click.option("--method", type=choice(ANALOGY_METHODS), default="add", show_default=True,
               help="3CosAdd (vector offset) or 3CosMul (Levy & Goldberg 2014).")
@@ -151,15 +151,17 @@ def cosine(a, b, model, embeddings, as_json):
 def analogy(expression, model, method, keep_query_words, topn, limit, as_json):
     """Solve a word analogy written as vector arithmetic.
 
-    The query words are dropped from the answers unless --keep-query-words.
+    The query words are dropped from the answers unless --keep-query-words.  The expression
+    may be quoted or not.
 
     \b
     Examples:
       embedkit analogy "king - man + woman"
-      embedkit analogy "paris - france + italy" --method mul -k 3 --json
+      embedkit analogy paris - france + italy --method mul -k 3 --json
     """
     from embedkit.query_resolution import parse_expression, word_space
 
+    expression = " ".join(expression)
     positive, negative = parse_expression(expression)
     space = word_space(model, limit)
     results = space.analogy(positive, negative, method=method, topn=topn,

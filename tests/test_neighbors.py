@@ -117,6 +117,9 @@ def test_analogy_cli(space):
 
     data = json.loads(as_json.stdout)
     assert data["answers"][0]["key"] == "queen" and data["query_excluded"] is True
+    unquoted = run("analogy", "king", "-", "man", "+", "woman", "--method", "mul", "-k", "2",
+                   "--json")  # the shell split it: the same expression
+    assert json.loads(unquoted.stdout) == data
 
 
 def test_oov_query_lists_close_spellings(space):
