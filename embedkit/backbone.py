@@ -236,8 +236,6 @@ def load_state_dict_file(path: str) -> dict:
     """Weights from a .safetensors or .pth/.bin file, never unpickling arbitrary objects
     (`torch.load(weights_only=True)`).  A file that is not a plain weights checkpoint is refused
     in one line naming it."""
-    import pickle
-
     import torch
 
     try:
@@ -256,11 +254,14 @@ def load_state_dict_file(path: str) -> dict:
             raise BadWeights(f"{path}: cannot read the weights file ({exc.strerror})") from None
         raise BadWeights(f"{path}: refused: not a readable weights file; {_first_line(exc)}") \
             from None
-    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - garbage makes torch.load raise almost anything
+        # (UnpicklingError, KeyError, RuntimeError, ...); torch's own text goes on to advise
+        # weights_only=False, which is exactly what must not be done: keep its first sentence
+        reason = _first_line(exc).split(". ")[0].rstrip(".")
         raise BadWeights(
             f"{path}: refused: not a plain weights checkpoint (embedkit loads weights only "
             f"with torch.load(weights_only=True) or safetensors, never arbitrary pickled "
-            f"objects); {_first_line(exc)}") from None
+            f"objects); {reason}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -136,11 +136,14 @@ def test_a_malicious_weights_file_is_refused_in_one_line(tmp_path, digits_small,
     evil.write_bytes(pickle.dumps({"conv.weight": _Payload()}))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00" * 64)
+    text = tmp_path / "text.pth"  # before: torch's KeyError escaped as a traceback
+    text.write_text("hello\n")
     monkeypatch.chdir(tmp_path)
-    for weights in (evil, junk):
+    for weights in (evil, junk, text):
         result = run("extract", digits_small, "--weights", weights, "--cache", tmp_path / "c",
                      "-q", "--workers", "0")
         assert_one_line(result, 4, str(weights), "refused")
+        assert "weights_only=False" not in result.output  # torch's advice, never ours
     assert not (tmp_path / "PWNED").exists(), "the pickle's payload never ran"
 
 
