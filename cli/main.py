@@ -330,7 +330,8 @@ def index_build(embeddings, kind, output, nlist, nprobe, hnsw_m, ef_search, as_j
         return emit_json({"output": output, "index": kind, "rows": len(emb), "dim": emb.dim,
                           "recall_at_10": recall})
     click.echo(f"saved the {kind} index of {len(emb)} x {emb.dim} vectors to {output}; "
-               f"recall@10 against exact search: {recall:.3f} (up to 200 sampled rows)")
+               f"recall@10 against exact search: {recall:.3f} ({min(200, len(emb))} sampled "
+               "rows)")
 
 
 @cli.command("export")

@@ -30,7 +30,7 @@ def _recall_line(space, index, k):
     index = space.index(index)
     recall = measure_recall(index, space.unit, k=k)
     return recall, f"recall@{k} of the {index.kind} index against exact search: " \
-                   f"{recall:.3f} (200 sampled rows)"
+                   f"{recall:.3f} ({min(200, len(space.unit))} sampled rows)"
 
 
 def _search_index(index: str, emb):

@@ -60,7 +60,8 @@ class Summary:
                 "device": self.device, "notes": self.notes}
 
     def __str__(self):
-        lines = [f"{self.items} items: {self.cache_hits} from cache, {self.computed} computed, "
+        lines = [f"{self.items} item{'s' if self.items != 1 else ''}: {self.cache_hits} from "
+                 f"cache, {self.computed} computed, "
                  f"{len(self.skipped)} skipped"
                  + (f"; {self.throughput:.1f} items/s on {self.device}" if self.computed else "")]
         lines += [f"  {note}" for note in self.notes]

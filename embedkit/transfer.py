@@ -691,7 +691,9 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
         if validate:
             row["accuracy"] = row["linear-probe"] if "linear-probe" in row else \
                 linear_probe_accuracy(emb.vectors, labels)
-            log(f"  linear-probe accuracy (5-fold CV) = {row['accuracy']:.4f}")
+            smallest = np.unique(np.asarray(labels, dtype=str), return_counts=True)[1].min()
+            log(f"  linear-probe accuracy ({min(LINEAR_PROBE_FOLDS, smallest)}-fold CV) = "
+                f"{row['accuracy']:.4f}")
         rows.append(row)
     if not rows:
         raise NotFoundError("no candidate could be scored: " + "; ".join(notes))
@@ -699,7 +701,8 @@ def rank_models(target, candidates: Sequence, metrics: str | Sequence[str] | Non
     order = None
     if BUDGETED in names:
         budget = DEFAULT_BUDGET if budget is None else float(budget)
-        log(f"probing {len(sets)} candidates within {budget:g} s")
+        log(f"probing {len(sets)} candidate{'s' if len(sets) != 1 else ''} within "
+            f"{budget:g} s")
         measured = budgeted_probe({k: (e.vectors, e.labels) for k, e in sets.items()},
                                   budget=budget)
         by_label = {r["candidate"]: r for r in rows}
