@@ -519,9 +519,14 @@ def from_list(values) -> Dataset:
         raise UsageError(f"inputs are image paths, texts (str) or images (PIL, NumPy, torch); "
                          f"got a {_type_name(bad)} ({bad!r:.40})")
     values = [os.fspath(v) for v in values]
-    if all(os.path.isfile(v) for v in values):
+    files = [os.path.isfile(v) for v in values]
+    if all(files):
         return Dataset(os.getcwd(), "image",
                        [Item(str(i), path=os.path.abspath(v)) for i, v in enumerate(values)])
+    if any(files):  # else the path would be embedded as the text of its name
+        raise UsageError(f"the input mixes file paths ({display_name(values[files.index(True)])})"
+                         f" and texts ('{values[files.index(False)]:.40}'); give paths only, or "
+                         "texts only")
     return Dataset(os.getcwd(), "text", [Item(str(i), text=v) for i, v in enumerate(values)])
 
 

@@ -168,6 +168,14 @@ def test_other_inputs_are_refused_in_one_line_naming_the_type(values, message, t
     assert "\n" not in str(err.value)
 
 
+def test_a_file_path_beside_texts_is_refused_not_embedded_as_its_name(tmp_path, monkeypatch):
+    """Before: `embedkit cosine digit.png queen` embedded 'digit.png' as a text."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "digit.png")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"mixes file paths \(digit.png\) and texts \('queen'\)"):
+        embedkit.extract(["digit.png", "queen"], cache=tmp_path / "c", progress=False)
+
+
 def test_a_pil_image_never_becomes_text(tmp_path):
     images = [Image.new("RGB", (8, 8), (200, 10, 10))]
     with pytest.raises(UsageError, match="glove-6b-50d embeds texts but the given list holds images"):
