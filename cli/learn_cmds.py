@@ -163,6 +163,8 @@ def evaluate(model_file, data, confusion, cache, as_json, run):
                            "roc_auc": r["roc_auc"], "pr_auc": r["pr_auc"]}]))
         if r.get("auc_note"):
             click.echo(f"(AUC from {r['auc_from'] or 'no scores'}: {r['auc_note']})")
+        if r.get("unseen_note"):
+            click.echo(f"note: {r['unseen_note']}", err=True)
         click.echo(table(r["per_class"], ["class", "precision", "recall", "f1", "support"]))
         click.echo("confusion matrix (rows: true, columns: predicted)")
         click.echo(table([{"true": label, **dict(zip(r["labels"], row))}

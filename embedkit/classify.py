@@ -391,6 +391,15 @@ class TrainedClassifier:
             reports[task] = classification_report(part.label_columns[task],
                                                   head.predict(part.vectors), head.classes_,
                                                   scores, kind)
+            known = {str(c) for c in head.classes_}
+            unseen = sorted({str(v) for v in part.label_columns[task]} - known)
+            if unseen:  # every such item is an error the model could not avoid
+                count = sum(str(v) not in known for v in part.label_columns[task])
+                reports[task]["unseen_note"] = (
+                    f"{count} of {len(part)} items carry labels the model was never trained on "
+                    f"({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''}); they count "
+                    "as errors" + ("; is this the data the model was trained for?"
+                                   if count == len(part) else ""))
         return reports
 
 

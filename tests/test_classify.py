@@ -375,3 +375,12 @@ def test_cli_train_evaluate_predict_round_trip(tmp_path):
     junk.write_text("hello")
     result = runner.invoke(cli, ["evaluate", str(junk), str(data)])
     assert result.exit_code == 5 and "error:" in result.stderr and "Traceback" not in result.output
+
+    # digits 0-4 against a 5-9 model: every item is an error, and it is said (before: silent)
+    assert "unseen_note" not in report
+    other = tmp_path / "other"
+    runner.invoke(cli, ["datasets", "export", "digits-source", str(other), "--per-class", "2"])
+    result = runner.invoke(cli, ["evaluate", str(model), str(other), "-q"])
+    assert result.exit_code == 0, result.output
+    assert ("note: 10 of 10 items carry labels the model was never trained on (0, 1, 2, 3, 4); "
+            "they count as errors; is this the data the model was trained for?") in result.stderr
