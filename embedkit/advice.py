@@ -196,7 +196,8 @@ def advise(target, source, model: str | None = None, layer: str | None = None,
     small, similar = per_class < small_below, similarity >= similar_above
     target_text = _spec_text(target) if not is_embeddings_file(target) else \
         target_set.meta.get("dataset", str(target))
-    command, also = _next_steps(target_text, model, small, similar, labels if labelled else None)
+    command, also = _next_steps(target_text, model, small, similar,
+                                labels if labelled else None)
     ranked = None
     if candidates:
         from .transfer import rank_models
@@ -222,6 +223,9 @@ def _next_steps(target: str, model: str, small: bool, similar: bool,
     command = train_command(target, model, "logreg" if similar else "svm-rbf", layer=lower,
                             labels=labels)
     also = []
+    if labels is not None and len(np.unique(np.asarray(labels, dtype=str))) < 2:
+        also.append("the target has a single class: a classifier needs two or more; label "
+                    "more classes before training")
     if labels is None:
         also.append("the target has no labels: label it (class subfolders or a manifest "
                     "column) before training")

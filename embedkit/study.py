@@ -92,6 +92,8 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
 
     log = log or (lambda message: None)
     check_options(classifier)
+    if output is not None:
+        check_report_folder(output)  # before the work, not after it
     PROJECTIONS.check(projection)
     budget = DEFAULT_BUDGET if budget is None else float(budget)
     started = time.perf_counter()
@@ -346,12 +348,28 @@ def _plain(value):
     return value
 
 
+def check_report_folder(output) -> Path:
+    """The report folder, if the study may write there: a new or empty folder, or an earlier
+    study's (it holds study.json); never a file name, nor a folder whose index.html is not a
+    study's page (it would be replaced)."""
+    folder = Path(output)
+    if folder.suffix.lower() in (".html", ".htm", ".json"):
+        raise UsageError(f"{output}: the study writes a folder (index.html and study.json in "
+                         f"it); name the folder, e.g. -o {folder.with_suffix('')}/")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{output}: is a file; the study writes a folder")
+    if (folder / "index.html").exists() and not (folder / "study.json").exists():
+        raise UsageError(f"{output}: holds an index.html that is not a study's page; pick "
+                         "another folder")
+    return folder
+
+
 def write_report(result: dict, output) -> Path:
     """`output/study.json` and `output/index.html` (self-contained); returns the page's path."""
     from .files import atomic_write
     from .study_page import render
 
-    folder = Path(output)
+    folder = check_report_folder(output)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / "study.json", json.dumps(result, indent=2).encode())
     page = folder / "index.html"

@@ -50,6 +50,12 @@ def test_each_quadrant_of_the_rule(n, direction, small, similar, strategy, flags
                 f"{'top-3' if similar else 'all'} --lr 1e-3") in text
 
 
+def test_a_single_class_target_is_told_it_needs_another():
+    advice = advise(make_set(NEAR, 20, classes=1, name="target"), SOURCE)
+    assert "the target has a single class: a classifier needs two or more" in advice.also[0]
+    assert not any("single class" in a for a in advise(make_set(NEAR, 20), SOURCE).also)
+
+
 def test_thresholds_can_be_moved():
     target = make_set(NEAR, 20, name="target")
     assert advise(target, SOURCE, similar_above=0.999).similar is False

@@ -285,3 +285,16 @@ def test_without_sources_the_study_says_what_it_skipped(digits_small, tmp_path):
     assert "No source datasets were given (--sources)" in text
     assert "Not applied: it needs a source dataset" in text
     assert json.loads((tmp_path / "report" / "study.json").read_text()) == s
+
+
+def test_the_report_folder_is_checked_before_the_study_runs(tmp_path, digits_small):
+    import embedkit
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("the user's page")
+    for output, message in ((tmp_path / "report.html", "the study writes a folder"),
+                            (tmp_path / "site", "holds an index.html that is not a study's")):
+        with pytest.raises(embedkit.errors.UsageError, match=message):
+            embedkit.study(digits_small, output=output, cache=tmp_path / "never-made")
+    assert (tmp_path / "site" / "index.html").read_text() == "the user's page"
+    assert not (tmp_path / "never-made").exists(), "refused before any extraction"
