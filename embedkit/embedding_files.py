@@ -98,10 +98,18 @@ class EmbeddingsWriter:
         self._out = None  # the open file / Parquet writer
         self._parts: list[str] = []
         self._in_part = 0
-        if self.kind == "parts":
-            self._tmp.mkdir(parents=True)
-        else:
-            self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:  # a place that cannot take the output is refused before any work, naming it
+            if self.kind == "parts":
+                self._tmp.mkdir(parents=True)
+            else:
+                self._tmp.parent.mkdir(parents=True, exist_ok=True)
+                self._tmp.touch()
+                self._tmp.unlink()
+        except OSError as exc:
+            why = "a file is in the way of its folder" if isinstance(
+                exc, (FileExistsError, NotADirectoryError)) else exc.strerror or str(exc)
+            raise UsageError(f"{path}: cannot write the output there ({why}); pick another "
+                             "-o") from None
 
     # -- writing -------------------------------------------------------------------------
     def add(self, ids, vectors: np.ndarray, labels: dict[str, list] | None = None):

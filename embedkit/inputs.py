@@ -97,6 +97,16 @@ def pixels_sha256(image) -> str:
     return digest.hexdigest()
 
 
+def _is_empty(source) -> bool:
+    """Whether an image source (a path or a file object) holds no bytes at all."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return os.path.getsize(source) == 0
+        return source.seek(0, io.SEEK_END) == 0
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
 def load_image(source, name: str | None = None):
     """Decode one image (a path, an Item, bytes or a binary file object) to an RGB PIL image,
     honouring EXIF orientation.  An Item holding an in-memory image gives that image.
@@ -129,6 +139,8 @@ def load_image(source, name: str | None = None):
         raise BadInputError(f"{path}: image is larger than {MAX_PIXELS:,} pixels "
                             "(decompression-bomb guard); downscale it first") from None
     except UnidentifiedImageError:
+        if _is_empty(source):
+            raise BadInputError(f"{path}: empty file (0 bytes), not an image") from None
         raise BadInputError(f"{path}: not a readable image (unknown format or corrupt)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         raise BadInputError(f"{path}: cannot decode image ({_short(exc)}); the file may be "

@@ -52,7 +52,7 @@ def build_corpus(root):
     add("good.png", GOOD, lambda p: _save(p, _rgb(0)))
     add("good.jpg", GOOD, lambda p: p.write_bytes(jpeg.getvalue()))
     add("truncated.jpg", "cannot decode", lambda p: p.write_bytes(jpeg.getvalue()[:300]))
-    add("zero.png", "not a readable image", lambda p: p.write_bytes(b""))
+    add("zero.png", "empty file (0 bytes), not an image", lambda p: p.write_bytes(b""))
     add("jpeg-named.png", GOOD, lambda p: p.write_bytes(jpeg.getvalue()))  # content decides
     add("text.jpg", "not a readable image", lambda p: p.write_text("not an image"))
     add("bomb.png", "decompression-bomb guard", lambda p: p.write_bytes(_png_claiming(90000, 90000)))

@@ -56,7 +56,7 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("empty.png", b"", "not a readable image"),
+    ("empty.png", b"", "empty file \\(0 bytes\\), not an image"),
     ("text.jpg", b"this is not an image at all", "not a readable image"),
     ("garbage.png", bytes(range(256)) * 4, "not a readable image"),
 ])

@@ -236,6 +236,16 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, li
     assert not (tmp_path / "c").exists(), "refused before the cache was touched"
     assert [p.name for p in busy.iterdir()] == ["photo.jpg"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp folder"
+    # a place that cannot take a file: named as given (before: "File exists", or the name of
+    # a temporary file), and refused before anything is computed
+    (tmp_path / "a.png").write_bytes(b"an image")
+    for out, words in [(tmp_path / "a.png" / "x.parquet", "a file is in the way of its folder"),
+                       (Path("/proc/x.npy"), "No such file or directory")]:
+        result = CliRunner().invoke(cli, ["extract", str(lines), "-m", "glove-6b-50d", "-o",
+                                          str(out), "--cache", str(tmp_path / "c2")])
+        assert result.exit_code == 2, result.output
+        assert f"{out}: cannot write the output there ({words})" in result.output
+        assert "computed" not in result.output
 
 
 def test_a_damaged_parts_folder_and_a_plain_ids_file_read_as_before(tmp_path, lines):
