@@ -229,7 +229,7 @@ def cache_info(cache, as_json):
 @cache.command("verify")
 @click.option("--repair", is_flag=True,
               help="Quarantine damaged shards (shards/damaged/); the next run recomputes their items.")
-@click.option("--deep", type=int, default=None, metavar="N",
+@click.option("--deep", type=click.IntRange(min=1), default=None, metavar="N",
               help="Also recompute N random cached items with their backbones and compare.")
 @click.option("--device", default="auto", show_default=True, help="Device for --deep.")
 @cache_option
@@ -285,7 +285,14 @@ def cache_clear(fingerprint, yes, cache):
     """Delete cached vectors (all, or one model's)."""
     from embedkit.store import Store
 
+    from embedkit.errors import UsageError
+
     store = Store(cache)
+    known = [m["fingerprint"] for m in store.info().models]
+    if fingerprint and fingerprint not in known:
+        raise UsageError(f"--fingerprint {fingerprint}: no vectors of that model in {store.root}"
+                         f" (its fingerprints: {', '.join(known) or 'none'}; see: embedkit cache "
+                         "info)")
     if not yes:
         click.confirm(f"delete {'all' if not fingerprint else fingerprint} vectors in "
                       f"{store.root}?", abort=True)

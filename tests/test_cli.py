@@ -81,6 +81,10 @@ def test_extract_then_cache_maintenance(tmp_path, digits_small):
     assert run("cache", "verify", "--cache", cache).output.strip() == \
         "ok: every shard matches its checksum"
     assert "->" in run("cache", "compact", "--cache", cache).output
+    unknown = run("cache", "clear", "--cache", cache, "--fingerprint", "deadbeef", ok=False)
+    assert unknown.exit_code == 2 and "--fingerprint deadbeef: no vectors of that model" in \
+        unknown.output and info["models"][0]["fingerprint"] in unknown.output
+    assert run("cache", "verify", "--cache", cache, "--deep", "0", ok=False).exit_code == 2
     assert "removed" in run("cache", "clear", "--cache", cache, "--yes").output
     assert json.loads(run("cache", "info", "--cache", cache, "--json").output)["vectors"] == 0
 
