@@ -24,14 +24,18 @@ def parse_expression(expr: str) -> tuple[list[str], list[str]]:
     """'king - man + woman' -> (['king', 'woman'], ['man']).  Terms are separated by spaced
     + / - signs (a sign glued to a word also works: 'king -man +woman'); hyphenated words such
     as 'e-mail' stay whole."""
-    positive, negative, sign = [], [], 1
+    positive, negative, sign, signed = [], [], 1, False
     for tok in expr.split():
         while tok[:1] in "+-" and tok:
-            sign = -1 if tok[0] == "-" else 1
-            tok = tok[1:]
+            if signed:
+                raise UsageError(f"'{expr}': two signs in a row; write one between terms, e.g. "
+                                 "'king - man + woman'")
+            sign, signed, tok = (-1 if tok[0] == "-" else 1), True, tok[1:]
         if tok:
             (positive if sign > 0 else negative).append(tok)
-            sign = 1
+            sign, signed = 1, False
+    if signed:
+        raise UsageError(f"'{expr}': ends with a sign; a term must follow it")
     if not positive:
         raise UsageError(f"'{expr}': an analogy needs at least one positive word, e.g. "
                          "'king - man + woman'")

@@ -106,6 +106,11 @@ def test_king_man_woman_is_queen(space, glove):
     assert kept[0].key == "king"  # why the query words are dropped by default
     assert parse_expression("king - man + woman") == (["king", "woman"], ["man"])
     assert parse_expression("e-mail -spam +letter") == (["e-mail", "letter"], ["spam"])
+    assert parse_expression("+ king") == (["king"], [])
+    for bad, why in (("king + + woman", "two signs in a row"), ("king --man", "two signs"),
+                     ("king -", "ends with a sign")):
+        with pytest.raises(UsageError, match=why):
+            parse_expression(bad)
 
 
 def test_analogy_cli(space):
