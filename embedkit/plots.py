@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,11 @@ def project_2d(vectors, method: str = "pca", seed: int = 0) -> np.ndarray:
         import umap
     except ImportError:
         raise MissingExtra("embedding_map(method='umap')", "umap", "umap-learn") from None
-    return umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1),
-                     random_state=seed).fit_transform(x)
+    # umap warns that a seed makes it run on one thread: reproducible maps are the point here
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        return umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1),
+                         random_state=seed).fit_transform(x)
 
 
 def embedding_map(es, path, method: str = "pca", label: str | None = None, seed: int = 0,
