@@ -288,7 +288,7 @@ def cache_clear(fingerprint, yes, cache):
     from embedkit.errors import UsageError
 
     store = Store(cache)
-    known = [m["fingerprint"] for m in store.info().models]
+    known = store.fingerprints() if fingerprint else []
     if fingerprint and fingerprint not in known:
         raise UsageError(f"--fingerprint {fingerprint}: no vectors of that model in {store.root}"
                          f" (its fingerprints: {', '.join(known) or 'none'}; see: embedkit cache "

@@ -151,8 +151,9 @@ def cosine(a, b, model, embeddings, as_json):
 def analogy(expression, model, method, keep_query_words, topn, limit, as_json):
     """Solve a word analogy written as vector arithmetic.
 
-    The query words are dropped from the answers unless --keep-query-words.  The expression
-    may be quoted or not.
+    The query words are dropped from the answers unless --keep-query-words.  Quote the
+    expression when a sign touches a word ("king -man +woman"): unquoted, -man reads as an
+    option.
 
     \b
     Examples:

@@ -197,7 +197,7 @@ def advise(target, source, model: str | None = None, layer: str | None = None,
     target_text = _spec_text(target) if not is_embeddings_file(target) else \
         target_set.meta.get("dataset", str(target))
     command, also = _next_steps(target_text, model, small, similar,
-                                labels if labelled else None)
+                                target_set.label_columns if labelled else None)
     ranked = None
     if candidates:
         from .transfer import rank_models
@@ -213,20 +213,26 @@ def advise(target, source, model: str | None = None, layer: str | None = None,
 
 
 def _next_steps(target: str, model: str, small: bool, similar: bool,
-                labels) -> tuple[str, list[str]]:
-    """The next command and the advice's further steps; `labels` of the target (None: it has
-    none) fit the command's folds to its smallest class."""
+                label_columns: dict | None) -> tuple[str, list[str]]:
+    """The next command and the advice's further steps; the target's `label_columns` (None:
+    it has no labels) fit the command's folds to its smallest class."""
     from .classify import train_command
 
     t = shlex.quote(target)
     lower = lower_layer(model) if not similar else None
     command = train_command(target, model, "logreg" if similar else "svm-rbf", layer=lower,
-                            labels=labels)
+                            label_columns=label_columns)
     also = []
-    if labels is not None and len(np.unique(np.asarray(labels, dtype=str))) < 2:
-        also.append("the target has a single class: a classifier needs two or more; label "
-                    "more classes before training")
-    if labels is None:
+    for name, values in (label_columns or {}).items():
+        classes, counts = np.unique([str(v) for v in values if v is not None and str(v) != ""],
+                                    return_counts=True)
+        if len(classes) < 2:
+            also.append(f"the target has a single class ('{name}'): a classifier needs two or "
+                        "more; label more classes before training")
+        elif counts.min() < 2:
+            also.append(f"class '{classes[counts.argmin()]}' of '{name}' has a single item: "
+                        "training needs two per class; add examples first")
+    if label_columns is None:
         also.append("the target has no labels: label it (class subfolders or a manifest "
                     "column) before training")
     if not similar and lower:

@@ -188,10 +188,12 @@ def build_pipeline(classifier: str = "svm-linear", *, scale: str = "standard",
 
 
 def train_command(target: str, model: str, classifier: str, layer: str | None = None,
-                  label: str | None = None, labels=None) -> str:
+                  label: str | None = None, label_columns: dict | None = None) -> str:
     """The `embedkit train` command for a target, as advice and the study print it: with
-    `--cv` lowered to the smallest class of `labels` where it holds fewer than DEFAULT_CV
-    items (train refuses folds a class cannot fill), so the printed command runs."""
+    `--cv` lowered to the smallest class where it holds fewer than DEFAULT_CV items (train
+    refuses folds a class cannot fill), so the printed command runs.  The classes counted are
+    those train will learn: `label`'s, else every column of `label_columns`; unlabelled items
+    do not count, as train leaves them out."""
     import shlex
 
     parts = ["embedkit train", shlex.quote(target), "--model", shlex.quote(model)]
@@ -200,10 +202,11 @@ def train_command(target: str, model: str, classifier: str, layer: str | None = 
     parts += ["--classifier", classifier]
     if label:
         parts += ["--label", shlex.quote(label)]
-    if labels is not None and len(labels):
-        smallest = int(np.unique(np.asarray(labels, dtype=str), return_counts=True)[1].min())
-        if 2 <= smallest < DEFAULT_CV:
-            parts += ["--cv", str(smallest)]
+    columns = {k: v for k, v in (label_columns or {}).items() if not label or k == label}
+    counts = [n for values in columns.values() for n in np.unique(
+        [str(v) for v in values if v is not None and str(v) != ""], return_counts=True)[1]]
+    if counts and 2 <= min(counts) < DEFAULT_CV:
+        parts += ["--cv", str(min(counts))]
     return " ".join([*parts, "-o", "model.skops"])
 
 

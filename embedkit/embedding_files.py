@@ -302,13 +302,13 @@ def csv_layout(path) -> list[str] | None:
     """The label columns of a .csv embedkit wrote (`id`, labels, `v0`..`v{d-1}`), or None for
     any other CSV (a manifest, say)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet adds a BOM
             header = next(csv.reader(f), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     if not header or header[0] != "id" or "v0" not in header:
         return None
-    first = header.index("v0")
+    first = len(header) - 1 - header[::-1].index("v0")  # the vectors' run (a label may be 'v0')
     if header[first:] != [f"v{j}" for j in range(len(header) - first)]:
         return None
     return header[1:first]
@@ -320,7 +320,7 @@ def read_csv_set(path) -> tuple[list[str], np.ndarray, dict[str, list]]:
     if label_names is None:
         raise UsageError(f"{path}: not embeddings as embedkit writes them (columns id, labels, "
                          "v0, v1, ...)")
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header, *rows = list(csv.reader(f))
     k = len(label_names)
     short = next((n for n, r in enumerate(rows, 2) if len(r) != len(header)), None)

@@ -203,18 +203,23 @@ def _read_manifest(path: Path) -> tuple[list[tuple[int, dict]], str | None]:
     """(line number, row) pairs of a CSV or JSONL manifest, and the decoding note."""
     text, note = read_text(path)
     if path.suffix.lower() == ".csv":
-        # strict: a quote left open is an error, not a field that swallows the rest of the file
-        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-        rows, start = [], None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = []
         try:
+            reader.fieldnames  # the header, so that a row's first line is known
+            start = reader.line_num + 1
             for row in reader:
-                rows.append((start or reader.line_num, row))
+                rows.append((start, row))
                 start = reader.line_num + 1
         except csv.Error as exc:
-            line = start or reader.line_num + 1  # where the row that failed begins
-            hint = ("; a quote opened in this row is never closed"
-                    if "end of data" in str(exc) else "")
-            raise BadInputError(f"{path}:{line}: not valid CSV ({exc}){hint}") from None
+            raise BadInputError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+        # a quote left open reads as one field that swallows every later row: an odd number of
+        # quotes in all, and a last row that runs over lines (the lenient reader keeps a stray
+        # quote inside a field, like '"The Matrix" is great', as text)
+        if rows and text.count('"') % 2 and any("\n" in str(v) or "\r" in str(v)
+                                                 for v in rows[-1][1].values()):
+            raise BadInputError(f"{path}:{rows[-1][0]}: a quote opened in this row is never "
+                                "closed, so it would take in the rest of the file")
         return [(n, {k: v for k, v in r.items() if k is not None}) for n, r in rows], note
     rows = []
     for lineno, line in enumerate(split_lines(text), 1):
@@ -456,7 +461,8 @@ def open_dataset(spec, label: str | None = None, within: str | None = None) -> D
     if isinstance(spec, Dataset):
         return spec
     ds = _open_dataset(spec, label, within)
-    ds.name = "the given list" if _is_values(spec) else display_name(str(spec))
+    if not _is_values(spec):  # a list names itself (from_list)
+        ds.name = display_name(str(spec))
     return ds
 
 
@@ -525,21 +531,27 @@ def from_list(values) -> Dataset:
             raise UsageError(f"the input mixes images and {_type_name(other)} values; give "
                              "images only, or paths / texts only")
         return Dataset("<in-memory>", "image",
-                       [Item(str(i), image=in_memory_image(v)) for i, v in enumerate(values)])
+                       [Item(str(i), image=in_memory_image(v)) for i, v in enumerate(values)],
+                       name="the given list")
     bad = next((v for v in values if not isinstance(v, (str, os.PathLike))), None)
     if bad is not None:
         raise UsageError(f"inputs are image paths, texts (str) or images (PIL, NumPy, torch); "
                          f"got a {_type_name(bad)} ({bad!r:.40})")
     values = [os.fspath(v) for v in values]
-    files = [os.path.isfile(v) for v in values]
-    if all(files):
+    if all(os.path.isfile(v) for v in values):
         return Dataset(os.getcwd(), "image",
-                       [Item(str(i), path=os.path.abspath(v)) for i, v in enumerate(values)])
-    if any(files):  # else the path would be embedded as the text of its name
-        raise UsageError(f"the input mixes file paths ({display_name(values[files.index(True)])})"
-                         f" and texts ('{values[files.index(False)]:.40}'); give paths only, or "
-                         "texts only")
-    return Dataset(os.getcwd(), "text", [Item(str(i), text=v) for i, v in enumerate(values)])
+                       [Item(str(i), path=os.path.abspath(v)) for i, v in enumerate(values)],
+                       name="the given list")
+    # an image file among texts would be embedded as the text of its name (other names, such
+    # as a text "README.md" that is also a file here, stay texts)
+    image = next((v for v in values if os.path.splitext(v)[1].lower() in IMAGE_SUFFIXES
+                  and os.path.isfile(v)), None)
+    if image is not None:
+        text = next(v for v in values if not os.path.isfile(v))
+        raise UsageError(f"the input mixes image files ({display_name(image)}) and texts "
+                         f"('{text:.40}'); give image paths only, or texts only")
+    return Dataset(os.getcwd(), "text", [Item(str(i), text=v) for i, v in enumerate(values)],
+                   name="the given list")
 
 
 def _elements(values) -> list:

@@ -705,6 +705,11 @@ class Store:
         after = self._db.execute("SELECT COUNT(*) FROM shards").fetchone()[0]
         return before, after
 
+    def fingerprints(self) -> list[str]:
+        """The model fingerprints that have vectors here (one index query, no file walk)."""
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT fingerprint FROM shards ORDER BY fingerprint")]
+
     def clear(self, fingerprint: str | None = None) -> int:
         """Delete every vector (or those of one fingerprint). Returns the shards removed."""
         q = "SELECT name FROM shards" + (" WHERE fingerprint = ?" if fingerprint else "")

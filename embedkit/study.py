@@ -166,7 +166,8 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
         "transfer": None if advice is None else ("freeze" if advice["small"] else "fine-tune"),
         "strategy": advice["strategy"] if advice else None,
         "next_command": train_command(str(target), pick["model"], classifier,
-                                      layer=pick.get("layer"), label=label, labels=truth),
+                                      layer=pick.get("layer"), label=label,
+                                      label_columns=features.label_columns),
         "accuracy": report["accuracy"], "low": evaluation["low"], "high": evaluation["high"],
         "confidence": CONFIDENCE, "classifier": classifier,
         "estimate": f"nested {evaluation['outer_folds']}-fold cross-validation "
@@ -349,9 +350,9 @@ def _plain(value):
 
 
 def check_report_folder(output) -> Path:
-    """The report folder, if the study may write there: a new or empty folder, or an earlier
-    study's (it holds study.json); never a file name, nor a folder whose index.html is not a
-    study's page (it would be replaced)."""
+    """The report folder, if the study may write there: any folder without an index.html, or
+    an earlier study's (it holds study.json); never a file name, nor a folder whose index.html
+    is not a study's page (it would be replaced).  Only index.html and study.json are written."""
     folder = Path(output)
     if folder.suffix.lower() in (".html", ".htm", ".json"):
         raise UsageError(f"{output}: the study writes a folder (index.html and study.json in "

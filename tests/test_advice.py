@@ -52,8 +52,24 @@ def test_each_quadrant_of_the_rule(n, direction, small, similar, strategy, flags
 
 def test_a_single_class_target_is_told_it_needs_another():
     advice = advise(make_set(NEAR, 20, classes=1, name="target"), SOURCE)
-    assert "the target has a single class: a classifier needs two or more" in advice.also[0]
-    assert not any("single class" in a for a in advise(make_set(NEAR, 20), SOURCE).also)
+    assert "the target has a single class ('label'): a classifier needs two" in advice.also[0]
+    assert not any("single" in a for a in advise(make_set(NEAR, 20), SOURCE).also)
+    one = make_set(NEAR, 21, classes=2, name="target")
+    one.label_columns["label"][-1] = "lonely"
+    assert "class 'lonely' of 'label' has a single item" in advise(one, SOURCE).also[0]
+
+
+def test_the_train_command_fits_its_folds_to_every_column_train_will_learn():
+    from embedkit.classify import train_command
+
+    columns = {"species": ["a"] * 10 + ["b"] * 10,
+               "color": ["red"] * 17 + ["blue"] * 3, "note": [None] * 20}
+    assert train_command("t", "m", "logreg", label_columns=columns).endswith(
+        "--classifier logreg --cv 3 -o model.skops")  # color's 3 blues: train learns it too
+    assert train_command("t", "m", "logreg", label="species", label_columns=columns) == \
+        "embedkit train t --model m --classifier logreg --label species -o model.skops"
+    columns["species"][:8] = [None] * 8  # unlabelled items are left out, as train does
+    assert "--cv 2" in train_command("t", "m", "logreg", label="species", label_columns=columns)
 
 
 def test_thresholds_can_be_moved():

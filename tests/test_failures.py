@@ -168,8 +168,13 @@ def test_manifest_problems_are_bad_input_exit_5(tmp_path):
     # before: the open quote swallowed every later row into one text, without a word
     (tmp_path / "open.csv").write_text('text,label\n"unterminated,pos\nok film,neg\n')
     assert_one_line(run("extract", tmp_path / "open.csv", "-q"), 5,
-                    "open.csv:2: not valid CSV (unexpected end of data); a quote opened in this "
-                    "row is never closed")
+                    "open.csv:2: a quote opened in this row is never closed")
+    # a quote inside a hand-written field stays text, as it always did
+    (tmp_path / "quoted.csv").write_text('text,label\n"The Matrix" is great,pos\n')
+    from embedkit.inputs import open_dataset
+
+    assert [it.text for it in open_dataset(tmp_path / "quoted.csv").items] == \
+        ["The Matrix is great"]
     # messages name the dataset as given, not the folder it is in
     (tmp_path / "new.txt").write_text("a cat\n")
     assert_one_line(run("extract", tmp_path / "new.txt", "-m", "efficientnet_lite0", "-q"), 2,

@@ -172,8 +172,12 @@ def test_a_file_path_beside_texts_is_refused_not_embedded_as_its_name(tmp_path, 
     """Before: `embedkit cosine digit.png queen` embedded 'digit.png' as a text."""
     Image.new("RGB", (8, 8)).save(tmp_path / "digit.png")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UsageError, match=r"mixes file paths \(digit.png\) and texts \('queen'\)"):
+    with pytest.raises(UsageError,
+                       match=r"mixes image files \(digit.png\) and texts \('queen'\)"):
         embedkit.extract(["digit.png", "queen"], cache=tmp_path / "c", progress=False)
+    (tmp_path / "README.md").write_text("a file that is also a text")
+    es = embedkit.extract(["README.md", "queen"], cache=tmp_path / "c", progress=False)
+    assert es.meta["modality"] == "text" and len(es) == 2  # a text that names a file stays text
 
 
 def test_a_pil_image_never_becomes_text(tmp_path):

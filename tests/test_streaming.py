@@ -76,6 +76,8 @@ def test_parts_folder_npy_sidecar_and_csv_hold_the_same_set(tmp_path, digits_sma
     result = CliRunner().invoke(cli, ["train", str(tmp_path / "x.csv"), "--cv", "2",
                                       "-o", str(tmp_path / "m.skops"), "-q"])
     assert result.exit_code == 0, result.output
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "x.csv").read_bytes())
+    assert load_embeddings(tmp_path / "bom.csv").ids == reference.ids  # saved again by Excel
     bad = tmp_path / "bad.csv"
     bad.write_text("id,label,v0,v1\na,cat,1,2\nb,dog,3\n")
     with pytest.raises(embedkit.errors.UsageError, match="bad.csv: row 3 has 3 cells"):
