@@ -303,9 +303,13 @@ def csv_layout(path) -> list[str] | None:
     any other CSV (a manifest, say)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet adds a BOM
-            header = next(csv.reader(f), [])
+            return _label_columns(next(csv.reader(f), []))
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
+
+
+def _label_columns(header: list[str]) -> list[str] | None:
+    """The labels between `id` and the vectors' run `v0`..`v{d-1}` of a header, else None."""
     if not header or header[0] != "id" or "v0" not in header:
         return None
     first = len(header) - 1 - header[::-1].index("v0")  # the vectors' run (a label may be 'v0')
@@ -316,12 +320,12 @@ def csv_layout(path) -> list[str] | None:
 
 def read_csv_set(path) -> tuple[list[str], np.ndarray, dict[str, list]]:
     """(ids, vectors, label columns) of a .csv embedkit wrote; empty label cells are None."""
-    label_names = csv_layout(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        header, *rows = list(csv.reader(f)) or [[]]
+    label_names = _label_columns(header)
     if label_names is None:
         raise UsageError(f"{path}: not embeddings as embedkit writes them (columns id, labels, "
                          "v0, v1, ...)")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header, *rows = list(csv.reader(f))
     k = len(label_names)
     short = next((n for n, r in enumerate(rows, 2) if len(r) != len(header)), None)
     if short is not None:
