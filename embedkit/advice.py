@@ -216,7 +216,7 @@ def _next_steps(target: str, model: str, small: bool, similar: bool,
                 label_columns: dict | None) -> tuple[str, list[str]]:
     """The next command and the advice's further steps; the target's `label_columns` (None:
     it has no labels) fit the command's folds to its smallest class."""
-    from .classify import train_command
+    from .classify import labelled_class_counts, train_command
 
     t = shlex.quote(target)
     lower = lower_layer(model) if not similar else None
@@ -224,8 +224,7 @@ def _next_steps(target: str, model: str, small: bool, similar: bool,
                             label_columns=label_columns)
     also = []
     for name, values in (label_columns or {}).items():
-        classes, counts = np.unique([str(v) for v in values if v is not None and str(v) != ""],
-                                    return_counts=True)
+        classes, counts = labelled_class_counts(values)
         if len(classes) < 2:
             also.append(f"the target has a single class ('{name}'): a classifier needs two or "
                         "more; label more classes before training")

@@ -30,8 +30,8 @@ from .options import AUGMENT_MODES, CLASSIFIER_NAMES, RESAMPLING, SCALERS
 
 __all__ = ["CLASSIFIERS", "DEFAULT_CV", "build_pipeline", "check_class_counts", "check_options",
            "ClassifierChoice", "describe_features", "embed_with_recipe", "fold_splits",
-           "head_scores", "holdout_split", "resample_rows", "Resampled", "train",
-           "train_command", "TrainedClassifier", "training_features"]
+           "head_scores", "holdout_split", "labelled_class_counts", "resample_rows", "Resampled",
+           "train", "train_command", "TrainedClassifier", "training_features"]
 
 #: Folds of the grid search that `train` (and `embedkit train`) runs by default.
 DEFAULT_CV = 5
@@ -187,6 +187,13 @@ def build_pipeline(classifier: str = "svm-linear", *, scale: str = "standard",
     return Pipeline([("scale", scaler), ("clf", estimator)]), prefix
 
 
+def labelled_class_counts(values) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, counts) of the items that carry a label: None and "" do not (train leaves
+    those items out)."""
+    return np.unique([str(v) for v in values if v is not None and str(v) != ""],
+                     return_counts=True)
+
+
 def train_command(target: str, model: str, classifier: str, layer: str | None = None,
                   label: str | None = None, label_columns: dict | None = None) -> str:
     """The `embedkit train` command for a target, as advice and the study print it: with
@@ -203,8 +210,7 @@ def train_command(target: str, model: str, classifier: str, layer: str | None = 
     if label:
         parts += ["--label", shlex.quote(label)]
     columns = {k: v for k, v in (label_columns or {}).items() if not label or k == label}
-    counts = [n for values in columns.values() for n in np.unique(
-        [str(v) for v in values if v is not None and str(v) != ""], return_counts=True)[1]]
+    counts = [n for values in columns.values() for n in labelled_class_counts(values)[1]]
     if counts and 2 <= min(counts) < DEFAULT_CV:
         parts += ["--cv", str(min(counts))]
     return " ".join([*parts, "-o", "model.skops"])
