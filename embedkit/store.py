@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS file_identity (
     mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (fingerprint TEXT PRIMARY KEY, description TEXT NOT NULL);
 """
-_TABLES = frozenset({"vectors", "shards", "file_identity", "models"})
+_STATEMENTS = [statement for statement in _SCHEMA.split(";") if statement.strip()]
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 #: Fault points the crash-loop harness can arm (EMBEDKIT_FAULT=<point>[:<nth hit>]).
 FAULT_POINTS = ("shard-written", "shard-renamed", "index-transaction", "file-identity",
                 "compact-written", "compact-committed")
@@ -323,9 +325,8 @@ class Store:
                 for table in ("vectors", "shards", "file_hashes", "file_identity"):
                     self._db.execute(f"DROP TABLE IF EXISTS {table}")
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
+            for statement in _STATEMENTS:
+                self._db.execute(statement)
 
     def _schema_ready(self) -> bool:
         if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
