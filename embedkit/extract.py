@@ -540,7 +540,8 @@ def _embedded_batches(backbone, todo, batch_size, workers, device, on_device, co
         yield indices, vectors, errors
 
 
-def accept_samples(backbone, indexed_samples, name_of) -> tuple[list[int], list, list[tuple[int, str]]]:
+def accept_samples(backbone, indexed_samples, name_of
+                   ) -> tuple[list[int], list, list[tuple[int, str]]]:
     """(indices, samples, [(index, error)]): the samples `backbone.accept` takes, in order, and
     why each other one was refused (named by `name_of(index)`).  Run where the model runs
     (this process, or a Ray model actor), since `accept` also counts for `report`."""

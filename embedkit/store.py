@@ -331,7 +331,8 @@ class Store:
     def _schema_ready(self) -> bool:
         if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
             return False
-        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        names = {r[0] for r in
+                 self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         return _TABLES <= names
 
     def close(self):

@@ -182,7 +182,8 @@ def test_a_file_path_beside_texts_is_refused_not_embedded_as_its_name(tmp_path, 
 
 def test_a_pil_image_never_becomes_text(tmp_path):
     images = [Image.new("RGB", (8, 8), (200, 10, 10))]
-    with pytest.raises(UsageError, match="glove-6b-50d embeds texts but the given list holds images"):
+    with pytest.raises(UsageError,
+                       match="glove-6b-50d embeds texts but the given list holds images"):
         embedkit.extract(images, "glove-6b-50d", cache=tmp_path, progress=False)
     es = embedkit.extract(images, cache=tmp_path, workers=0, progress=False)  # default: images
     assert es.meta["modality"] == "image" and es.vectors.shape == (1, 1280)
