@@ -22,7 +22,7 @@ def _extraction_note(es):
         click.echo(str(summary), err=True)
 
 
-def _skops_path(value: str) -> str:
+def _skops_path(ctx, param, value: str) -> str:
     """A model is saved as NAME.skops: any other name could be a user's data (before, `-o
     feats.parquet` replaced the features with the model)."""
     if not value.lower().endswith(".skops"):
@@ -37,7 +37,7 @@ def _skops_path(value: str) -> str:
 @click.option("--classifier", "-c", type=choice(CLASSIFIER_NAMES), default="svm-linear",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              callback=lambda ctx, param, value: _skops_path(value),
+              callback=_skops_path,
               help="Where to save the model (.skops).")
 @click.option("--cv", type=int, default=DEFAULT_CV, show_default=True,
               help="Folds of the stratified cross-validation that picks hyper-parameters.")

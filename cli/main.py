@@ -328,6 +328,7 @@ def index_build(embeddings, kind, output, nlist, nprobe, hnsw_m, ef_search, as_j
              embedkit similar 5/00012.png --embeddings digits.parquet --index digits.faiss
     """
     from embedkit.query_resolution import save_index
+    from embedkit.vector_search import RECALL_QUERIES
 
     emb = _saved_set(embeddings)
     params = {"nlist": nlist, "nprobe": nprobe} if kind == "ivf" else \
@@ -337,8 +338,8 @@ def index_build(embeddings, kind, output, nlist, nprobe, hnsw_m, ef_search, as_j
         return emit_json({"output": output, "index": kind, "rows": len(emb), "dim": emb.dim,
                           "recall_at_10": recall})
     click.echo(f"saved the {kind} index of {len(emb)} x {emb.dim} vectors to {output}; "
-               f"recall@10 against exact search: {recall:.3f} ({min(200, len(emb))} sampled "
-               "rows)")
+               f"recall@10 against exact search: {recall:.3f} "
+               f"({min(RECALL_QUERIES, len(emb))} sampled rows)")
 
 
 @cli.command("export")

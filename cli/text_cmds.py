@@ -25,12 +25,12 @@ def _neighbor_rows(results, score: str = "cosine"):
 
 
 def _recall_line(space, index, k):
-    from embedkit.vector_search import measure_recall
+    from embedkit.vector_search import RECALL_QUERIES, measure_recall
 
     index = space.index(index)
     recall = measure_recall(index, space.unit, k=k)
     return recall, f"recall@{k} of the {index.kind} index against exact search: " \
-                   f"{recall:.3f} ({min(200, len(space.unit))} sampled rows)"
+                   f"{recall:.3f} ({min(RECALL_QUERIES, len(space.unit))} sampled rows)"
 
 
 def _search_index(index: str, emb):

@@ -185,7 +185,11 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 0.0
 
 
-def measure_recall(index: NeighborIndex, vectors, k: int = 10, queries: int = 200,
+#: Rows `measure_recall` samples as queries (all of them in a smaller set).
+RECALL_QUERIES = 200
+
+
+def measure_recall(index: NeighborIndex, vectors, k: int = 10, queries: int = RECALL_QUERIES,
                    seed: int = 0) -> float:
     """recall@k of a fitted index against exact search, on a sample of its own rows."""
     x = np.asarray(vectors, dtype=np.float32)
