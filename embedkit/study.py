@@ -183,8 +183,7 @@ def study(target, sources: Sequence = (), models: Sequence | None = None,
                      "projection": projection, "similarity_metric": SIMILARITY_METRIC,
                      "confidence": CONFIDENCE},
         "verdict": verdict,
-        "warnings": _warnings(truth, ranking, quoted, evaluation, advice) +
-        _layer_warning(advice, pick, len(quoted["tied"]) > 1),
+        "warnings": _warnings(truth, ranking, quoted, evaluation, advice, pick),
         "similarity": similarity,
         "ranking": {**ranking.as_dict(), "best": quoted["best"], "pick": quoted["pick"]},
         "advice": advice,
@@ -276,7 +275,7 @@ def most_confused(report: dict, items: list[dict], shown: int = CONFUSED_SHOWN) 
     return out
 
 
-def _warnings(truth, ranking, quoted, evaluation, advice) -> list[str]:
+def _warnings(truth, ranking, quoted, evaluation, advice, pick) -> list[str]:
     out = []
     classes, counts = np.unique(truth, return_counts=True)
     tiny = [f"'{c}' ({n})" for c, n in zip(classes, counts) if n < TINY_CLASS]
@@ -312,7 +311,7 @@ def _warnings(truth, ranking, quoted, evaluation, advice) -> list[str]:
                    " raise --budget to measure them")
     if advice:
         out += [f"advice: {line}" for line in advice["also"] if "no labels" in line]
-    return out
+    return out + _layer_warning(advice, pick, len(quoted["tied"]) > 1)
 
 
 def _layer_warning(advice, pick, tied: bool) -> list[str]:

@@ -249,7 +249,7 @@ def test_optimistic_cv_is_warned_only_where_the_page_shows_a_gap(grid, warned):
     ranking = SimpleNamespace(validation=[], notes=[], rows=[])
     evaluation = {"grid_search": {"cv_score": grid}, "report": {"balanced_accuracy": 0.8701}}
     out = _warnings(np.array(["a"] * 20 + ["b"] * 20), ranking, {"tied": [{}]}, evaluation,
-                    None)
+                    None, None)
     assert any(w.startswith("optimistic CV") for w in out) == warned, out
 
 
