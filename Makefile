@@ -17,7 +17,7 @@ $(PY):
 
 $(STAMP): $(PY) constraints.txt setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino,lancedb,clip,ray,umap]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,sentence,onnx,openvino,lancedb,clip,ray,umap,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
