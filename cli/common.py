@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -9,12 +10,17 @@ import sys
 import click
 
 from embedkit.errors import EmbedkitError, UsageError
+from embedkit.files import printable
 
 
 class EmbedkitGroup(click.Group):
     """Turns embedkit errors into one line on stderr and the documented exit code."""
 
     def invoke(self, ctx):
+        with _printable_output():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EmbedkitError as exc:
@@ -29,6 +35,36 @@ class EmbedkitGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: everything flushed so far stays in the cache", err=True)
             sys.exit(130)
+
+
+@contextlib.contextmanager
+def _printable_output():
+    """Everything a command writes to stdout and stderr passes `printable`: a file name, id,
+    label or message carrying terminal control sequences is shown, never acted on, whichever
+    message, table, warning or note it reaches the terminal through."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (_PrintableStream(s) for s in streams)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+class _PrintableStream:
+    """A text stream that escapes control characters; a carriage return that starts a write
+    (a progress bar redrawing its line) is kept."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        redraw = "\r" if text.startswith("\r") else ""
+        return self._stream.write(redraw + printable(text[len(redraw):]))
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def os_error_line(exc: OSError) -> str:

@@ -26,7 +26,7 @@ from .files import available_cores, display_name
 from .options import DECODES, ENGINES, PRECISIONS, RUNTIMES, at_least
 from .inputs import (Dataset, Item, is_pil_image, open_dataset, pixels_sha256,
                      text_sha256)
-from .registry import create_backbone, default_model
+from .registry import chosen_model, create_backbone
 from .store import Store
 
 __all__ = ["content_keys", "embeddings_of", "encode", "extract", "pick_device", "pick_precision",
@@ -267,7 +267,7 @@ def extract(dataset, model: str | Backbone | None = None, *, layer: str | None =
                              f"{model.name} is already built")
         backbone = model
     else:  # options pass straight through to the plugin that understands them
-        backbone = create_backbone(model or default_model(ds.modality), layer=layer, pool=pool,
+        backbone = create_backbone(chosen_model(model, ds.modality), layer=layer, pool=pool,
                                    normalize=normalize or None, weights=weights,
                                    **(backbone_options or {}))
     backbone = backbone.tower(ds.modality) or backbone  # CLIP: the tower for this data

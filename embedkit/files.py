@@ -12,14 +12,15 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "available_cores", "display_name", "restricted_load", "walk_files",
-           "WalkEntry", "NUMPY_TYPES"]
+__all__ = ["atomic_write", "available_cores", "display_name", "printable", "RefusedPickle",
+           "restricted_load", "walk_files", "WalkEntry", "NUMPY_TYPES"]
 
 
 def _fsync_dir(path: Path):
@@ -73,6 +74,19 @@ def display_name(name: str) -> str:
     """A path or name as printable text: bytes that are not UTF-8 (kept by Python as
     surrogate escapes) are shown as \\xNN, so they can be printed, logged and stored."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: What a terminal acts on instead of showing: C0 controls but tab and newline (ESC among
+#: them, so every ANSI / OSC sequence), DEL, C1 controls, and the bidirectional overrides and
+#: isolates that reorder how a line reads ("Trojan Source", Boucher & Anderson 2021).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to show on a terminal: every control character is shown as \\xNN (or
+    \\uNNNN), so a name cannot move the cursor, recolour, retitle or rewrite what is shown."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                        else f"\\u{ord(m[0]):04x}", text)
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,11 @@ NUMPY_TYPES = frozenset({
 })
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that names a type outside the allow-list: refused before anything runs (the
+    trust model's exit 4), as opposed to a pickle that is merely corrupt (bad input, exit 5)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, file, allowed: frozenset, what: str, **kwargs):
         super().__init__(file, **kwargs)
@@ -182,12 +201,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
             if module.startswith("numpy.core."):
                 module = module.replace("numpy.core.", "numpy._core.")
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: {self.what}")
+        raise RefusedPickle(f"refusing to unpickle {module}.{name}: {self.what}")
 
 
 def restricted_load(file, allowed: frozenset = NUMPY_TYPES, what: str = "only NumPy arrays are "
                     "allowed", **kwargs):
     """Unpickle from a binary file object admitting only the (module, name) pairs in `allowed`
     (NumPy arrays by default): a pickle that names anything else, code included, is refused
-    with `pickle.UnpicklingError` before anything runs."""
+    with `RefusedPickle` (an `pickle.UnpicklingError`) before anything runs."""
     return _RestrictedUnpickler(file, allowed, what, **kwargs).load()

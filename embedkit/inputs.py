@@ -533,10 +533,10 @@ def from_list(values) -> Dataset:
         return Dataset("<in-memory>", "image",
                        [Item(str(i), image=in_memory_image(v)) for i, v in enumerate(values)],
                        name="the given list")
-    bad = next((v for v in values if not isinstance(v, (str, os.PathLike))), None)
-    if bad is not None:
+    bad = [v for v in values if not isinstance(v, (str, os.PathLike))][:1]
+    if bad:
         raise UsageError(f"inputs are image paths, texts (str) or images (PIL, NumPy, torch); "
-                         f"got a {_type_name(bad)} ({bad!r:.40})")
+                         f"got a {_type_name(bad[0])} ({bad[0]!r:.40})")
     values = [os.fspath(v) for v in values]
     if all(os.path.isfile(v) for v in values):
         return Dataset(os.getcwd(), "image",
@@ -614,6 +614,9 @@ def in_memory_image(value):
     from PIL import Image
 
     if isinstance(value, Image.Image):
+        if 0 in value.size:
+            raise UsageError(f"a PIL image of {value.width}x{value.height} pixels is empty; "
+                             "an image needs at least one pixel")
         return _as_rgb(value)
     if _torch_tensor(value):
         what = f"a torch tensor of shape {tuple(value.shape)} ({str(value.dtype)[6:]})"

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from .backbone import Backbone, BackboneFamily
-from .errors import NotFoundError, PluginError, WeightsUnavailable
+from .errors import NotFoundError, PluginError, UsageError, WeightsUnavailable
 
 __all__ = ["GROUP", "FoundPlugin", "LoadedFamily", "backbone_from_meta", "broken_plugins",
-           "create_backbone", "default_model", "families", "found_plugins", "list_models",
-           "resolve_family"]
+           "chosen_model", "create_backbone", "default_model", "families", "found_plugins",
+           "list_models", "resolve_family"]
 
 GROUP = "embedkit.backbones"
 
@@ -92,10 +92,16 @@ def broken_plugins() -> list[LoadedFamily]:
 def resolve_family(name: str):
     """The family that builds `name`: first the cheap `handles(name)` of every family (no heavy
     imports), then the full listings."""
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"the model name {name!r} is empty: give a name from `embedkit "
+                         "models`, or none at all for the default")
     working = [lf.family for lf in families() if lf.family is not None]
     for family in working:
-        if family.handles(name):
-            return family
+        try:
+            if family.handles(name):
+                return family
+        except OSError:  # a family that looks for a file or folder of this name, and the name
+            continue     # cannot be one (too long, say): that family does not build it
     for model_name, family in list_models():
         if model_name == name:
             return family
@@ -148,4 +154,12 @@ def backbone_from_meta(meta: dict) -> Backbone:
 
 
 def default_model(modality: str) -> str:
+    """The backbone used when none is named: the bundled EfficientNet-Lite0 for images, the
+    bundled GloVe 6B 50-d for texts."""
     return {"image": "efficientnet_lite0", "text": "glove-6b-50d"}[modality]
+
+
+def chosen_model(model: str | None, modality: str) -> str:
+    """The model a caller named, or the default for the modality when it named none (None).
+    An empty name is passed on, to be refused, rather than read as 'none'."""
+    return default_model(modality) if model is None else model

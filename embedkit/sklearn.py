@@ -68,9 +68,9 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         return tags
 
     def _build(self, modality: str):
-        from .registry import create_backbone, default_model
+        from .registry import chosen_model, create_backbone
 
-        return create_backbone(self.model or default_model(modality), layer=self.layer,
+        return create_backbone(chosen_model(self.model, modality), layer=self.layer,
                                pool=self.pool, normalize=self.normalize or None,
                                weights=self.weights)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInputError, NotFoundError, UsageError
-from .files import NUMPY_TYPES, restricted_load
+from .errors import BadInputError, BadWeights, NotFoundError, UsageError
+from .files import NUMPY_TYPES, RefusedPickle, restricted_load
 
 __all__ = ["BINARY_SUFFIXES", "COMPRESSED", "FASTTEXT_MAGIC", "GLOVE_NAME", "KV_SUFFIXES",
            "KV_TYPES", "TEXT_SUFFIXES", "glove_files", "keyed_vectors", "LineCorpus",
@@ -76,10 +76,10 @@ def _load_kv_file(path: str, mmap: bool):
         with open(path, "rb") as f:
             kv = restricted_load(f, KV_TYPES, "a .kv file may only hold gensim KeyedVectors",
                                  encoding="latin1")
-    except pickle.UnpicklingError as exc:
-        raise BadInputError(f"{path}: {exc}. For a full Word2Vec model, save its vectors with "
-                            "model.wv.save('vectors.kv')") from None
-    except (EOFError, ValueError, TypeError, AttributeError) as exc:
+    except RefusedPickle as exc:
+        raise BadWeights(f"{path}: {exc}. For a full Word2Vec model, save its vectors with "
+                         "model.wv.save('vectors.kv')") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise BadInputError(f"{path}: not a gensim KeyedVectors file ({exc})") from None
     if getattr(kv, "__scipys", None) or getattr(kv, "__recursive_saveloads", None):
         raise BadInputError(f"{path}: unexpected sub-objects in a KeyedVectors file")

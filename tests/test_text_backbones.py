@@ -13,7 +13,7 @@ from gensim.test.utils import datapath
 
 import embedkit
 from embedkit.inputs import Item
-from embedkit.errors import BadInputError, MissingExtra, NotFoundError, UsageError
+from embedkit.errors import BadWeights, MissingExtra, NotFoundError, UsageError
 from embedkit.registry import create_backbone, default_model
 from embedkit.text import TextPooler, tokenize, word_probabilities
 from embedkit.wordvectors import keyed_vectors, load_glove, load_vectors, save_vectors
@@ -73,7 +73,7 @@ def test_kv_unpickler_refuses_anything_but_keyed_vectors(tmp_path):
 
     path = tmp_path / "evil.kv"
     path.write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(BadInputError, match="refusing to unpickle posix.system"):
+    with pytest.raises(BadWeights, match="refusing to unpickle posix.system"):
         load_vectors(path)
     assert not (tmp_path / "pwned").exists()
 
