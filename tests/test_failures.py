@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -18,22 +19,56 @@ from PIL import Image
 import embedkit
 from embedkit.cli.main import cli
 from embedkit.inputs import open_dataset
+from one_line_error import assert_one_line_error
 
 
 def run(*args, **kw):
-    result = CliRunner().invoke(cli, [str(a) for a in args], **kw)
-    return result
+    return CliRunner().invoke(cli, [str(a) for a in args], **kw)
 
 
-def assert_one_line(result, code, *fragments):
-    err = result.stderr if hasattr(result, "stderr") else result.output
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.exception is None or \
-        isinstance(result.exception, SystemExit), result.output
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and not lines[0].startswith("error: :"), err
-    for f in fragments:
-        assert f in lines[0], lines[0]
+TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+
+
+def _failing_command(*stderr_lines):
+    """A click command that writes `stderr_lines` and exits 6, as the CLI's error handler does."""
+    @click.command()
+    def failing():
+        for line in stderr_lines:
+            click.echo(line, err=True)
+        sys.exit(6)
+
+    return failing
+
+
+@pytest.mark.parametrize("stderr_lines", [
+    (TRACEBACK + "StoreError: damaged", "error: the index is damaged"),
+    ("warning: something else", "error: the index is damaged"),
+    ("the index is damaged",),
+])
+def test_the_one_line_check_refuses_anything_but_one_error_line(stderr_lines):
+    """The check itself: a traceback or any second line before the error, or a line without
+    `error: `, must each fail it (the inline check it replaces passed the first two)."""
+    result = CliRunner().invoke(_failing_command(*stderr_lines))
+    with pytest.raises(AssertionError):
+        assert_one_line_error(result, 6, "damaged")
+    as_process = subprocess.CompletedProcess([], 6, "", "\n".join(stderr_lines) + "\n")
+    with pytest.raises(AssertionError):
+        assert_one_line_error(as_process, 6, "damaged")
+
+
+def test_the_one_line_check_accepts_one_error_line_and_clicks_own_refusals():
+    result = CliRunner().invoke(_failing_command("error: the index is damaged"))
+    assert assert_one_line_error(result, 6, "damaged") == "error: the index is damaged"
+    with pytest.raises(AssertionError, match="exit 6, expected 5"):
+        assert_one_line_error(result, 5)
+
+    @click.command()
+    @click.option("--deep", type=click.IntRange(min=1))
+    def verify(deep):
+        pass
+
+    refused = CliRunner().invoke(verify, ["--deep", "0"])  # click's usage, hint, then Error:
+    assert assert_one_line_error(refused, 2, "--deep").startswith("Error: Invalid value")
 
 
 def _png(path, value=0):
@@ -59,14 +94,14 @@ def test_a_damaged_index_exits_6_and_an_unusable_one_exits_1(tmp_path, digits_sm
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     (damaged / "index.sqlite").write_bytes(b"this is not a database, it is garbage" * 100)
-    assert_one_line(run("cache", "info", "--cache", damaged), 6, "index is damaged",
+    assert_one_line_error(run("cache", "info", "--cache", damaged), 6, "index is damaged",
                     "verify --repair")
     blocked = tmp_path / "blocked"
     (blocked / "index.sqlite").mkdir(parents=True)  # cannot be opened as a file
-    assert_one_line(run("cache", "info", "--cache", blocked), 1, "cache database error")
+    assert_one_line_error(run("cache", "info", "--cache", blocked), 1, "cache database error")
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    assert_one_line(run("extract", digits_small, "--cache", not_a_folder / "sub", "-q"), 1,
+    assert_one_line_error(run("extract", digits_small, "--cache", not_a_folder / "sub", "-q"), 1,
                     "cannot open the cache")
 
 
@@ -79,7 +114,7 @@ def test_a_read_only_index_is_one_line(tmp_path, monkeypatch):
     real = sqlite3.connect
     monkeypatch.setattr(store_module.sqlite3, "connect", lambda path, **kw: real(
         f"file:{path}?mode=ro", uri=True, **kw))
-    assert_one_line(run("cache", "clear", "--yes", "--cache", tmp_path / "ro"), 1,
+    assert_one_line_error(run("cache", "clear", "--yes", "--cache", tmp_path / "ro"), 1,
                     "readonly database")
 
 
@@ -99,10 +134,8 @@ def test_a_file_size_limit_is_one_line(tmp_path):
     texts.write_text("".join(f"the cat number {i} sat on the mat\n" for i in range(400)))
     proc = subprocess.run([sys.executable, "-c", FSIZE, str(texts), str(tmp_path / "c")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert "Traceback" not in proc.stderr and lines[-1].startswith("error: "), proc.stderr
-    assert "cache database error" in lines[-1] or "too large" in lines[-1].lower(), lines[-1]
+    line = assert_one_line_error(proc, 1)
+    assert "cache database error" in line or "too large" in line.lower(), line
 
 
 def test_a_folder_nested_1000_deep(tmp_path, pixel_hash):
@@ -142,7 +175,7 @@ def test_a_malicious_weights_file_is_refused_in_one_line(tmp_path, digits_small,
     for weights in (evil, junk, text):
         result = run("extract", digits_small, "--weights", weights, "--cache", tmp_path / "c",
                      "-q", "--workers", "0")
-        assert_one_line(result, 4, str(weights), "refused")
+        assert_one_line_error(result, 4, str(weights), "refused")
         assert "weights_only=False" not in result.output  # torch's advice, never ours
     assert not (tmp_path / "PWNED").exists(), "the pickle's payload never ran"
 
@@ -155,19 +188,19 @@ def test_an_os_error_without_a_file_name_reads_cleanly(tmp_path, digits_small, m
 
     monkeypatch.setattr(Store, "publish", full)
     result = run("extract", digits_small, "--cache", tmp_path / "c", "-q", "--workers", "0")
-    assert_one_line(result, 1, "No space left on device")
+    assert_one_line_error(result, 1, "No space left on device")
 
 
 def test_manifest_problems_are_bad_input_exit_5(tmp_path):
     (tmp_path / "cols.csv").write_text("foo,bar\n1,2\n")
-    assert_one_line(run("extract", tmp_path / "cols.csv", "-q"), 5, "'path' column")
+    assert_one_line_error(run("extract", tmp_path / "cols.csv", "-q"), 5, "'path' column")
     (tmp_path / "lines.jsonl").write_text('{"text": "a"}\n[1, 2]\n')
-    assert_one_line(run("extract", tmp_path / "lines.jsonl", "-q"), 5, "lines.jsonl:2")
+    assert_one_line_error(run("extract", tmp_path / "lines.jsonl", "-q"), 5, "lines.jsonl:2")
     (tmp_path / "dup.csv").write_text("id,text\na,the cat\na,the dog\n")
-    assert_one_line(run("extract", tmp_path / "dup.csv", "-q"), 5, "id 'a' is used twice")
+    assert_one_line_error(run("extract", tmp_path / "dup.csv", "-q"), 5, "id 'a' is used twice")
     # before: the open quote swallowed every later row into one text, without a word
     (tmp_path / "open.csv").write_text('text,label\n"unterminated,pos\nok film,neg\n')
-    assert_one_line(run("extract", tmp_path / "open.csv", "-q"), 5,
+    assert_one_line_error(run("extract", tmp_path / "open.csv", "-q"), 5,
                     "open.csv:2: a quote opened in this row is never closed")
     # a quote inside a hand-written field stays text, as it always did
     (tmp_path / "quoted.csv").write_text('text,label\n"The Matrix" is great,pos\n')
@@ -177,10 +210,10 @@ def test_manifest_problems_are_bad_input_exit_5(tmp_path):
         ["The Matrix is great"]
     # messages name the dataset as given, not the folder it is in
     (tmp_path / "new.txt").write_text("a cat\n")
-    assert_one_line(run("extract", tmp_path / "new.txt", "-m", "efficientnet_lite0", "-q"), 2,
-                    "new.txt holds texts; pick a text model")
+    assert_one_line_error(run("extract", tmp_path / "new.txt", "-m", "efficientnet_lite0", "-q"),
+                          2, "new.txt holds texts; pick a text model")
     (tmp_path / "gone.csv").write_text(f"path,label\n{tmp_path / 'nothing.png'},x\n")
-    assert_one_line(run("extract", tmp_path / "gone.csv", "-q"), 5,
+    assert_one_line_error(run("extract", tmp_path / "gone.csv", "-q"), 5,
                     "gone.csv: no item could be embedded")
 
 
