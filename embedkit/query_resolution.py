@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from .errors import BadInputError, NotFoundError, UsageError
+from .vector_search import fraction_field, integer_field, sha256_field, text_field
 from .vector_space import VectorSpace
 
 # The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
@@ -126,6 +127,13 @@ def embed_like(emb, items: list) -> np.ndarray:
     return got.vectors
 
 
+#: What `save_index` records in a sidecar's `about`, held to a schema like the rest of it
+#: (see vector_search.check_fields): the set's checksum is what `saved_index` compares.
+SET_FIELDS = {"checksum": sha256_field(), "rows": integer_field(1), "model": text_field(),
+              "fingerprint": text_field(), "source": text_field(),
+              "recall_at_10": fraction_field()}
+
+
 def save_index(emb, kind: str, path, **params) -> tuple:
     """Build the `kind` (ivf / hnsw) index over the unit rows of the set `emb`, measure its
     recall@10 against exact search, and save it to `path` with the set's checksum, so that
@@ -144,16 +152,17 @@ def save_index(emb, kind: str, path, **params) -> tuple:
 
 def saved_index(path, emb):
     """The index `save_index` wrote to `path`, if it was built from exactly the set `emb` (the
-    same ids and vectors); a UsageError otherwise, since its rows would name other items."""
-    from .vector_search import NeighborIndex
+    same ids and vectors); a UsageError otherwise (the wrong pair of files was given: its rows
+    would name other items).  The file itself is checked by `NeighborIndex.load` first: a
+    damaged, replaced or edited index or sidecar is a BadInputError."""
+    from .vector_search import NeighborIndex, rebuild_hint
 
-    index = NeighborIndex.load(path)
-    about = index.about_.get("about", {})
-    if about.get("checksum") != emb.checksum():
-        raise UsageError(f"{path} was built from another set ({about.get('rows')} rows of "
-                         f"{about.get('model') or about.get('source') or 'unknown vectors'}), "
-                         f"not these {len(emb)}; rebuild it: embedkit index build FEATS "
-                         f"--index {index.kind} -o {path}")
+    index = NeighborIndex.load(path, about_fields=SET_FIELDS)
+    about = index.about_["about"]
+    if about["checksum"] != emb.checksum():
+        raise UsageError(f"{path} was built from another set ({about['rows']} rows of "
+                         f"{about['model'] or about['source'] or 'unknown vectors'}), "
+                         f"not these {len(emb)}; {rebuild_hint(path, index.about_)}")
     return index
 
 

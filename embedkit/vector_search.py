@@ -1,29 +1,35 @@
 """Vector maths and nearest-neighbour search: the low floor, which imports nothing of embedkit
-but its errors.
+but its errors and its option declarations.
 
 - cosine similarity (float64) and unit-normalised rows;
 - nearest neighbours by cosine = inner product of L2-normalised vectors: exact (the default,
   blocked matrix products that keep only the candidates that can still reach the top k,
   `blockwise_topk`), or approximate with faiss (`ivf`: IndexIVFFlat; `hnsw`: IndexHNSWFlat,
   Malkov & Yashunin 2018), whose recall@k is measured against exact search (`measure_recall`);
-  an approximate index is saved with faiss' `write_index` next to a JSON sidecar that says which
-  set it indexes, and loaded back with `read_index` (`NeighborIndex.save` / `.load`).
+  an approximate index is saved in faiss' own format next to a JSON sidecar that says which set
+  it indexes and records the sha256 of the index file's bytes, and is loaded back only when
+  those bytes, the sidecar's fields (`SIDECAR_FIELDS`) and what faiss reads agree
+  (`NeighborIndex.save` / `.load`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError
+from .errors import BadInputError, NotFoundError, UsageError
 from .options import INDEXES
 
 # The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
-# fixed); `sidecar_path` is public too, imported from here.
+# fixed); `sidecar_path`, `rebuild_hint` and the sidecar's schema (`Field`, the `*_field`
+# constructors, `check_fields`) are public too, imported from here.
 __all__ = ["INDEX_KINDS", "NeighborIndex", "blockwise_topk", "cosine", "measure_recall",
            "recall_at_k", "unit_rows"]
 
@@ -111,51 +117,60 @@ class NeighborIndex:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike, about: dict | None = None) -> Path:
-        """Write the faiss index to `path` and its parameters, size and `about` (what the caller
-        needs to recognise the vectors later: a checksum, ids, a model) to `path`.json."""
+        """Write the faiss index to `path` and, to `path`.json, its parameters, size, the sha256
+        of the bytes written and `about` (what the caller needs to recognise the vectors later:
+        a checksum, ids, a model).  The index is written first: a write cut short leaves bytes
+        that do not match the sidecar (old or new), which `load` refuses."""
         if self.kind == "exact":
             raise UsageError("an exact index is the vectors themselves; save an ivf or hnsw one")
         import faiss
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index_, str(path))
+        data = faiss.serialize_index(self.index_).tobytes()
+        path.write_bytes(data)
         params = {"nlist": getattr(self, "nlist_", self.nlist), "nprobe": self.nprobe,
                   "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "seed": self.seed}
         sidecar = {"kind": self.kind, "params": params, "ntotal": self.ntotal_,
-                   "dim": int(self.index_.d), "about": about or {}}
-        sidecar_path(path).write_text(json.dumps(sidecar, indent=1, default=str))
+                   "dim": int(self.index_.d), "index_sha256": hashlib.sha256(data).hexdigest(),
+                   "about": about or {}}
+        sidecar_path(path).write_text(json.dumps(sidecar, indent=1, default=str),
+                                      encoding="utf-8")
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "NeighborIndex":
+    def load(cls, path: str | os.PathLike, about_fields: dict | None = None) -> "NeighborIndex":
         """An index written by `save`, ready to search; its sidecar is `about_` (with `kind`,
-        `params`, `ntotal`, `dim`)."""
+        `params`, `ntotal`, `dim`, `index_sha256`, `about`).
+
+        Nothing is trusted before it is checked, in this order: the sidecar against
+        `SIDECAR_FIELDS` (its `about` against `about_fields`, the caller's schema, when given),
+        the file's bytes against the sha256 the sidecar recorded (before faiss parses them), and
+        what faiss read against the sidecar.  A failure is a BadInputError naming the file and
+        the command that rebuilds it: an index swapped for another, edited or cut short would
+        otherwise answer with wrong neighbours, or crash faiss.
+        """
         import faiss
 
         path = Path(path)
         if not path.is_file():
             raise NotFoundError(f"{path}: no such index file")
+        sidecar = _read_sidecar(path, about_fields)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sidecar["index_sha256"]:
+            raise BadInputError(f"{path}: its bytes are not those {sidecar_path(path)} recorded "
+                                "(sha256 differs): it was changed, damaged or replaced after it "
+                                f"was built; {rebuild_hint(path, sidecar)}")
         try:
-            sidecar = json.loads(sidecar_path(path).read_text())
-            kind, params = sidecar["kind"], sidecar["params"]
-        except FileNotFoundError:
-            raise NotFoundError(f"{sidecar_path(path)}: missing; an index is saved with the "
-                                "JSON file that says which vectors it holds") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{sidecar_path(path)}: not an index description "
-                             f"({type(exc).__name__})") from None
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError:
-            raise UsageError(f"{path}: not a faiss index file") from None
-        if index.ntotal != sidecar.get("ntotal") or index.d != sidecar.get("dim"):
-            raise UsageError(f"{path}: holds {index.ntotal} x {index.d} vectors but its sidecar "
-                             f"says {sidecar.get('ntotal')} x {sidecar.get('dim')}")
-        loaded = cls(kind, **params)
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise BadInputError(f"{path}: faiss cannot read it ({_one_line(exc)}); "
+                                f"{rebuild_hint(path, sidecar)}") from None
+        _check_read_back(index, sidecar, path)
+        loaded = cls(sidecar["kind"], **sidecar["params"])
         loaded.index_, loaded.ntotal_, loaded.about_ = index, int(index.ntotal), sidecar
-        if kind == "ivf":
-            loaded.nlist_ = params["nlist"]
+        if sidecar["kind"] == "ivf":
+            loaded.nlist_ = int(index.nlist)
         return loaded
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +191,154 @@ class NeighborIndex:
 def sidecar_path(index_path: str | os.PathLike) -> Path:
     """Where `NeighborIndex.save` describes the index at `index_path`."""
     return Path(f"{index_path}.json")
+
+
+def rebuild_hint(path, sidecar=None) -> str:
+    """What to do about a saved index that cannot be used: the command that builds it again
+    (with the kind its sidecar names, when that is one)."""
+    kind = sidecar.get("kind") if isinstance(sidecar, dict) else None
+    kind = kind if SIDECAR_FIELDS["kind"].test(kind) else "|".join(FAISS_TYPES)
+    return f"rebuild it: embedkit index build FEATS --index {kind} -o {path}"
+
+
+# --------------------------------------------------------------------------------------------
+# the sidecar's schema
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a sidecar: the test its value must pass and the words that say what
+    passes (they end up in the refusal)."""
+
+    test: Callable[[object], bool]
+    expected: str
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def choice_field(*values: str) -> Field:
+    """One of the strings `values`."""
+    return Field(lambda v: isinstance(v, str) and v in values, " or ".join(values))
+
+
+def integer_field(low: int, optional: bool = False) -> Field:
+    """An int >= `low` (JSON true/false are not numbers here); None too if `optional`."""
+    return Field(lambda v: (optional and v is None) or (_is_int(v) and v >= low),
+                 f"an integer >= {low}" + (" or null" if optional else ""))
+
+
+def fraction_field() -> Field:
+    """A finite number between 0 and 1 (a recall)."""
+    return Field(lambda v: (_is_int(v) or isinstance(v, float)) and 0 <= v <= 1,
+                 "a number between 0 and 1")
+
+
+def sha256_field() -> Field:
+    """A sha256 as 64 lowercase hexadecimal digits."""
+    return Field(lambda v: isinstance(v, str) and len(v) == 64
+                 and all(c in "0123456789abcdef" for c in v),
+                 "a sha256 in 64 lowercase hexadecimal digits")
+
+
+def text_field(optional: bool = True) -> Field:
+    """A string; None too if `optional`."""
+    return Field(lambda v: isinstance(v, str) or (optional and v is None),
+                 "a string" + (" or null" if optional else ""))
+
+
+#: The faiss class each saved kind is (the approximate kinds of INDEXES).
+FAISS_TYPES = {"ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
+
+#: Everything a sidecar holds, as `NeighborIndex.save` writes it; a nested dict is an object
+#: whose own fields are checked the same way.  Missing and unknown fields are refused.
+SIDECAR_FIELDS = {
+    "kind": choice_field(*FAISS_TYPES),
+    "params": {"nlist": integer_field(1, optional=True),
+               "nprobe": integer_field(1, optional=True),
+               "hnsw_m": integer_field(1),
+               "ef_search": integer_field(1, optional=True),
+               "seed": integer_field(0)},
+    "ntotal": integer_field(1),
+    "dim": integer_field(1),
+    "index_sha256": sha256_field(),
+    "about": Field(lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def check_fields(value, fields: dict, where, hint: str, name: str = ""):
+    """Refuse (BadInputError) `value` unless it is an object with exactly the keys of `fields`,
+    each passing its Field (or, for a nested dict, checked in turn); the message names `where`
+    (the file), the field as `a.b`, what it holds and what it should, then `hint`."""
+    label = f"'{name}'" if name else "its content"
+    if not isinstance(value, dict):
+        raise BadInputError(f"{where}: {label} is {_shown(value)}, expected an object with "
+                            f"{', '.join(fields)}; {hint}")
+    unknown = [key for key in value if key not in fields]
+    if unknown:
+        raise BadInputError(f"{where}: unknown field '{_dotted(name, unknown[0])}' (known: "
+                            f"{', '.join(fields)}); {hint}")
+    for key, spec in fields.items():
+        full = _dotted(name, key)
+        if key not in value:
+            raise BadInputError(f"{where}: no '{full}' field (written by an older embedkit, or "
+                                f"edited); {hint}")
+        if isinstance(spec, dict):
+            check_fields(value[key], spec, where, hint, full)
+        elif not spec.test(value[key]):
+            raise BadInputError(f"{where}: '{full}' is {_shown(value[key])}, expected "
+                                f"{spec.expected}; {hint}")
+
+
+def _dotted(name: str, key: str) -> str:
+    return f"{name}.{key}" if name else key
+
+
+def _shown(value) -> str:
+    """A value read from a JSON file, written back as JSON on one short line."""
+    shown = json.dumps(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _one_line(exc: Exception) -> str:
+    """faiss' message on one short line: its end says what failed (its start, where in C++)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1][-160:]
+
+
+def _read_sidecar(path: Path, about_fields: dict | None) -> dict:
+    """The sidecar of the index at `path`, parsed and checked against SIDECAR_FIELDS (and its
+    `about` against `about_fields`)."""
+    side = sidecar_path(path)
+    try:
+        sidecar = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotFoundError(f"{side}: missing; an index is saved with the JSON file that says "
+                            f"which vectors it holds; {rebuild_hint(path)}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise BadInputError(f"{side}: not an index description ({type(exc).__name__}); "
+                            f"{rebuild_hint(path)}") from None
+    hint = rebuild_hint(path, sidecar)
+    check_fields(sidecar, SIDECAR_FIELDS, side, hint)
+    if about_fields is not None:
+        check_fields(sidecar["about"], about_fields, side, hint, "about")
+    return sidecar
+
+
+def _check_read_back(index, sidecar: dict, path: Path):
+    """What faiss read must be what the sidecar describes: the class of its kind, inner
+    product, and its size (a check on the sidecar: the bytes already matched their sha256)."""
+    import faiss
+
+    expected = FAISS_TYPES[sidecar["kind"]]
+    if type(index).__name__ != expected or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise BadInputError(f"{path}: faiss reads a {type(index).__name__} (metric "
+                            f"{index.metric_type}) but {sidecar_path(path)} describes an "
+                            f"inner-product {expected}; {rebuild_hint(path, sidecar)}")
+    if (index.ntotal, index.d) != (sidecar["ntotal"], sidecar["dim"]):
+        raise BadInputError(f"{path}: holds {index.ntotal} x {index.d} vectors but its sidecar "
+                            f"says {sidecar['ntotal']} x {sidecar['dim']}; "
+                            f"{rebuild_hint(path, sidecar)}")
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
