@@ -12,7 +12,8 @@ import re
 import numpy as np
 
 from .errors import BadInputError, NotFoundError, UsageError
-from .vector_search import fraction_field, integer_field, sha256_field, text_field
+from .vector_search import (NeighborIndex, fraction_field, integer_field, measure_recall,
+                            rebuild_hint, sha256_field, text_field)
 from .vector_space import VectorSpace
 
 # The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
@@ -138,8 +139,6 @@ def save_index(emb, kind: str, path, **params) -> tuple:
     """Build the `kind` (ivf / hnsw) index over the unit rows of the set `emb`, measure its
     recall@10 against exact search, and save it to `path` with the set's checksum, so that
     `saved_index` refuses it for any other set.  Returns (index, recall@10)."""
-    from .vector_search import measure_recall
-
     space = VectorSpace.from_embeddings(emb)
     index = space.index(kind, **params)
     recall = measure_recall(index, space.unit, k=10)
@@ -155,8 +154,6 @@ def saved_index(path, emb):
     same ids and vectors); a UsageError otherwise (the wrong pair of files was given: its rows
     would name other items).  The file itself is checked by `NeighborIndex.load` first: a
     damaged, replaced or edited index or sidecar is a BadInputError."""
-    from .vector_search import NeighborIndex, rebuild_hint
-
     index = NeighborIndex.load(path, about_fields=SET_FIELDS)
     about = index.about_["about"]
     if about["checksum"] != emb.checksum():
