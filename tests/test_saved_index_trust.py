@@ -19,6 +19,7 @@ from embedkit.cli.main import cli
 from embedkit.embeddings import EmbeddingSet
 from embedkit.vector_search import sidecar_path, unit_rows
 from embedkit.vector_space import VectorSpace
+from one_line_error import assert_one_line_error
 
 BAD_INPUT = 5
 QUERY = "5/00005.png"
@@ -69,14 +70,8 @@ def copy_index(built, tmp_path, name: str = "A.faiss"):
 
 
 def assert_refused(result, *words):
-    """One line on stderr, exit 5, no traceback, naming what to do."""
-    assert result.exit_code == BAD_INPUT, result.output
-    assert "Traceback" not in result.output
-    assert result.output.startswith("error: ") and result.output.count("\n") == 1, \
-        result.output
-    assert "embedkit index build" in result.output
-    for word in words:
-        assert word in result.output, result.output
+    """The documented one-line error, exit 5, saying how to rebuild the index."""
+    assert_one_line_error(result, BAD_INPUT, "embedkit index build", *words)
 
 
 def assert_untouched_answers(built):
