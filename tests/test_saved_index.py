@@ -18,6 +18,7 @@ from embedkit.errors import NotFoundError, UsageError
 from embedkit.query_resolution import save_index, saved_index
 from embedkit.vector_search import NeighborIndex, measure_recall, sidecar_path
 from embedkit.vector_space import VectorSpace
+from one_line_error import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +84,7 @@ def test_an_index_of_another_set_is_refused(tmp_path, digits_set):
 
     feats = renamed.save(tmp_path / "renamed.parquet")
     refused = CliRunner().invoke(cli, ["similar", "x5", "-e", str(feats), "--index", str(path)])
-    assert refused.exit_code == 2
-    assert refused.output.startswith("error: ") and refused.output.count("\n") == 1
-    assert "embedkit index build" in refused.output
+    assert_one_line_error(refused, 2, "embedkit index build")
 
 
 def test_broken_or_incomplete_index_files_are_refused(tmp_path, digits_set):
