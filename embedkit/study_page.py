@@ -14,6 +14,11 @@ uniform, readable in the common colour-vision deficiencies and in greyscale; van
 Smith, 2015); classes on the map use the Okabe-Ito palette (Okabe and Ito, "Color Universal
 Design", 2002), falling back to viridis samples beyond its eight colours, and misclassified
 points get a ring, so no distinction rests on hue alone.
+
+A study page is something people send to each other, so it escapes everything it did not write
+itself: every name, id, label and message from the data goes through `esc` (HTML text and
+attribute values, SVG titles included) or `_script_json` (the JSON the hover card reads), and
+every table through `_table`, which escapes each cell unless the page built it as `Html`.
 """
 
 from __future__ import annotations
@@ -36,8 +41,25 @@ OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "
              "#000000"]
 
 
+class Html(str):
+    """A fragment the page wrote itself (its own markup around escaped data): `esc` keeps it as
+    it is, so it can stand in a table cell as markup. Nothing from the data is ever wrapped in
+    it unescaped."""
+
+
 def esc(value) -> str:
+    """The page's one escaping for HTML text and quoted attribute values: &, <, >, " and '
+    become entities, so a name from the data (a class folder called `<!--`, an id with an
+    `onclick`) is shown as text and never parsed as markup. An `Html` fragment passes as it
+    is. (JSON inside a <script> is escaped by `_script_json`.)"""
+    if isinstance(value, Html):
+        return value
     return html.escape(str(value), quote=True)
+
+
+def _code(text) -> Html:
+    """A command, escaped, in <code>."""
+    return Html(f"<code>{esc(text)}</code>")
 
 
 def number(value, digits: int = 3) -> str:
@@ -230,8 +252,11 @@ def _map_svg(points, colours) -> str:
 
 # -- sections ----------------------------------------------------------------------------------
 def _table(rows: list[list], header: list[str], cls: str = "") -> str:
+    """The page's one table renderer. Every header and cell goes through `esc`: a cell is
+    text, whatever the data put in it, unless the page built it as `Html`."""
     head = "".join(f'<th scope="col">{esc(h)}</th>' for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -264,7 +289,7 @@ def _verdict(s: dict) -> str:
                  f"{esc(v['classifier'])} on {esc(v['candidate'])}, judged by "
                  f"{esc(v['estimate'])}.")
     if v["next_command"]:
-        parts.append(f"Next: <code>{esc(v['next_command'])}</code>")
+        parts.append(f"Next: {_code(v['next_command'])}")
     return ('<section id="verdict" class="verdict"><h2>Verdict</h2>'
             + "".join(f"<p>{p}</p>" for p in parts) + "</section>")
 
@@ -289,7 +314,7 @@ def _similarity(s: dict) -> str:
                f"scaled from the smallest to the largest value shown). Closest source to "
                f"{esc(sim['target'])}: {esc(sim['closest'])} "
                f"({number(sim['closest_value'])}).")
-    table = _table([[esc(a)] + [number(v) for v in row] for a, row in zip(names, sim["matrix"])],
+    table = _table([[a] + [number(v) for v in row] for a, row in zip(names, sim["matrix"])],
                    ["dataset", *names])
     notes = "".join(f"<p class='note'>{esc(n)}</p>" for n in sim["notes"])
     return (f'<section id="similarity"><h2>Dataset similarity</h2>{_figure(svg, caption)}'
@@ -309,11 +334,11 @@ def _ranking(s: dict) -> str:
                     f"budget allowed (column 'method'); bars start at zero accuracy and the "
                     f"dashed line is perfect accuracy; whiskers: the {confidence} Nadeau-Bengio "
                     "corrected interval; dark bars: the leader and the candidates tied with it.")
-    table = _table([[number(x["rank"]), esc(x["candidate"]), number(x["dim"]),
+    table = _table([[number(x["rank"]), x["candidate"], number(x["dim"]),
                      number(x.get(metric)),
                      f"{number(x.get('low'))} to {number(x.get('high'))}",
                      {True: "tied", False: "", None: "n/a"}.get(x.get("tied"), ""),
-                     esc(x.get("method", "")), number(x.get("seconds"), 1),
+                     x.get("method", ""), number(x.get("seconds"), 1),
                      number(x.get("accuracy"))] for x in rows],
                    ["rank", "candidate", "dim", metric, f"{confidence} interval", "tied",
                     "method", "seconds", "validation accuracy"])
@@ -349,13 +374,13 @@ def _advice(s: dict) -> str:
             f"{a['items']} items (no labels)")
     rows = [["target size", f"{size}: {'small' if a['small'] else 'large'} (small below "
              f"{a['small_below']} per class)"],
-            ["similarity", f"{esc(a['metric'])} {number(a['similarity'])} to "
-             f"{esc(a['source'])} with {esc(a['model'])}@{esc(a['layer'])}: "
+            ["similarity", f"{a['metric']} {number(a['similarity'])} to "
+             f"{a['source']} with {a['model']}@{a['layer']}: "
              f"{'similar' if a['similar'] else 'dissimilar'} (similar from "
              f"{number(a['similar_above'], 2)})"],
-            ["advice", esc(a["strategy"])],
-            ["next", f"<code>{esc(a['command'])}</code>"]]
-    rows += [["also", f"<code>{esc(line)}</code>"] for line in a["also"]]
+            ["advice", a["strategy"]],
+            ["next", _code(a["command"])]]
+    rows += [["also", _code(line)] for line in a["also"]]
     return (f'<section id="advice"><h2>Rule of thumb</h2>'
             f"{_table(rows, ['', ''], 'plain')}</section>")
 
@@ -382,10 +407,10 @@ def _classifier(s: dict) -> str:
                      f"Confusion matrix: rows are the true class, columns the predicted one, "
                      f"cells count items (out-of-fold predictions, {rep['n']} items); brighter "
                      "= more items.")
-    matrix_table = _table([[esc(t)] + [number(v) for v in row]
+    matrix_table = _table([[t] + [number(v) for v in row]
                            for t, row in zip(labels, rep["confusion_matrix"])],
                           ["true \\ predicted", *labels])
-    per_class = _table([[esc(p["class"]), number(p["precision"]), number(p["recall"]),
+    per_class = _table([[p["class"], number(p["precision"]), number(p["recall"]),
                          number(p["f1"]), number(p["support"])] for p in rep["per_class"]],
                        ["class", "precision", "recall", "F1", "support"])
     return (f'<section id="classifier"><h2>Classifier</h2><p>{how}</p>{headline}'
@@ -397,7 +422,7 @@ def _map(s: dict, colours: dict) -> str:
     m = s["map"]
     legend = "".join(f'<span class="key"><span class="swatch" style="background:{col}"></span>'
                      f"{esc(c)}</span>" for c, col in colours.items())
-    caption = (f"{esc(m['method']).upper()} projection of the {s['items']} x {s['dim']} "
+    caption = (f"{esc(m['method'].upper())} projection of the {s['items']} x {s['dim']} "
                f"features of {esc(m['candidate'])} to two dimensions (seed "
                f"{s['settings']['seed']}); one point per target item, coloured by its label "
                "(Okabe-Ito palette); a black ring marks an item the classifier got wrong out "
@@ -439,14 +464,14 @@ def _thumb_html(uri, point) -> str:
 
 def _settings(s: dict) -> str:
     st, t = s["settings"], s["timings"]
-    rows = [["target", f"{esc(s['target'])} ({esc(s['dataset'])}), {s['items']} items"],
-            ["sources", esc(", ".join(st["sources"]) or "none")],
-            ["candidates", esc(", ".join(st["models"]))],
-            ["classifier", esc(st["classifier"])],
+    rows = [["target", f"{s['target']} ({s['dataset']}), {s['items']} items"],
+            ["sources", ", ".join(st["sources"]) or "none"],
+            ["candidates", ", ".join(st["models"])],
+            ["classifier", st["classifier"]],
             ["ranking budget", f"{number(st['budget_s'], 1)} s"],
             ["folds (at most)", number(st["cv"])], ["seed", number(st["seed"])],
-            ["embedkit", esc(s["embedkit"])]]
-    rows += [[esc(k.removesuffix("_s").replace("_", " ")) + " time", f"{number(v, 1)} s"]
+            ["embedkit", s["embedkit"]]]
+    rows += [[k.removesuffix("_s").replace("_", " ") + " time", f"{number(v, 1)} s"]
              for k, v in t.items()]
     return (f'<section id="settings"><h2>Settings and timings</h2>'
             f"{_table(rows, ['', ''], 'plain')}</section>")
@@ -513,7 +538,9 @@ _JS = """
 
 
 def _script_json(value) -> str:
-    """JSON safe inside a <script> element ('<' escaped, so no '</script>' can end it)."""
+    """The page's one escaping for JSON inside a <script> element: every '<' is written
+    \\u003c, so no '</script>' in the data ends the element and no '<!--' changes how the
+    browser reads the rest of the page."""
     return json.dumps(value).replace("<", "\\u003c")
 
 
