@@ -228,14 +228,16 @@ def cache_info(cache, as_json):
 
 @cache.command("verify")
 @click.option("--repair", is_flag=True,
-              help="Quarantine damaged shards (shards/damaged/); the next run recomputes their items.")
+              help="Quarantine damaged shards (shards/damaged/) and remove damaged runtime "
+                   "exports; the next run recomputes their items and exports again.")
 @click.option("--deep", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Also recompute N random cached items with their backbones and compare.")
+              help="Also recompute N random cached items with their backbones (vectors made "
+                   "in a CPU runtime: with eager PyTorch) and compare.")
 @click.option("--device", default="auto", show_default=True, help="Device for --deep.")
 @cache_option
 def cache_verify(repair, deep, device, cache):
-    """Re-hash every shard against the checksum recorded when it was published; exit 6 if
-    anything is wrong.
+    """Re-hash every shard and runtime export against the checksum recorded when it was
+    written; exit 6 if anything is wrong.
 
     \b
     Example: embedkit cache verify --deep 20
@@ -249,8 +251,9 @@ def cache_verify(repair, deep, device, cache):
         click.echo(f"problem: {p}", err=True)
     if problems and not repair:
         raise StoreError(f"{len(problems)} problem(s); run: embedkit cache verify --repair")
-    click.echo("repaired: damaged shards quarantined, their items will be recomputed"
-               if problems else "ok: every shard matches its checksum")
+    click.echo("repaired: damaged shards quarantined and damaged runtime exports removed; "
+               "they are recomputed when next needed" if problems else
+               "ok: every shard matches its checksum")
     if deep is not None:
         from embedkit.deep_verify import verify_deep
 

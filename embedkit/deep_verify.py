@@ -3,6 +3,9 @@ made them and compare, within the tolerance of the precision they were computed 
 
 The checksums of `verify` prove a shard holds what was published; only a recomputation can show
 that what was published is what the backbone gives (a plugin bug, weights changed in place).
+Vectors made in a CPU runtime (ONNX Runtime, OpenVINO) are recomputed with eager PyTorch, the
+reference the runtime must match, at fp32 and within the tolerance of the runtime's precision:
+that also catches a runtime that served the wrong exported graph.
 """
 
 from __future__ import annotations
@@ -57,10 +60,10 @@ def verify_deep(store: Store, n: int, device: str = "auto", seed: int = 0) -> De
         label = f"{shard.ids[row]} ({fingerprint[:12]})"
         if fingerprint not in backbones:
             backbones[fingerprint] = _rebuild(store.description(fingerprint), fingerprint, dev)
-        backbone = backbones[fingerprint]
-        if isinstance(backbone, str):
-            report.unchecked.append(f"{label}: {backbone}")
+        if isinstance(backbones[fingerprint], str):
+            report.unchecked.append(f"{label}: {backbones[fingerprint]}")
             continue
+        backbone, precision = backbones[fingerprint]
         item = load_text_or_file_item(backbone.modality, shard.ids[row], shard.sources[row],
                                       files.get(content), content)
         if item is None:
@@ -75,7 +78,7 @@ def verify_deep(store: Store, n: int, device: str = "auto", seed: int = 0) -> De
         fresh = np.asarray(backbone.embed(batch), dtype=np.float64)[0]
         cached = shard.vectors[row].astype(np.float64)
         report.checked += 1
-        tol = TOLERANCE[backbone.precision]
+        tol = TOLERANCE[precision]
         cos = float(fresh @ cached / (np.linalg.norm(fresh) * np.linalg.norm(cached) or 1.0))
         close = cos >= tol["cosine"] and (tol["rtol"] is None or np.allclose(
             fresh, cached, rtol=tol["rtol"], atol=tol["rtol"] * float(np.abs(cached).max())))
@@ -87,17 +90,30 @@ def verify_deep(store: Store, n: int, device: str = "auto", seed: int = 0) -> De
 
 
 def _rebuild(description: dict, fingerprint: str, device: str):
-    """The backbone that wrote `fingerprint`, rebuilt from the store's record, or why not."""
+    """(the backbone that recomputes `fingerprint`'s vectors, the precision they were made at),
+    rebuilt from the store's record, or why not.  Vectors made in a CPU runtime are recomputed
+    by the eager backbone the runtime ran, at fp32."""
     spec = description.get("rebuild")
     if not spec:
         return "its backbone was not built by name (no recipe to rebuild it)"
+    runtime = description.get("runtime", "torch")
+    precision = description.get("precision", "fp32")
     try:
         backbone = backbone_from_meta({"backbone": spec})
         # the recorded precision is part of the key (bf16 autocast runs on the CPU too)
-        backbone.to(device, description.get("precision", "fp32"))
-        if backbone.fingerprint() != fingerprint:
+        backbone.to(device, precision if runtime == "torch" else "fp32")
+        if _fingerprint_in(backbone, runtime, precision) != fingerprint:
             return (f"{spec['name']} rebuilt here has another fingerprint (other weights or "
                     "embedkit version)")
-        return backbone
+        return backbone, precision
     except EmbedkitError as exc:
         return f"cannot rebuild {spec['name']}: {exc}"
+
+
+def _fingerprint_in(backbone: Backbone, runtime: str, precision: str) -> str:
+    """The fingerprint of `backbone`'s vectors computed in `runtime` at `precision`."""
+    if runtime == "torch":
+        return backbone.fingerprint()
+    from .runtimes import runtime_fingerprint
+
+    return runtime_fingerprint(backbone.fingerprint(), runtime, precision)

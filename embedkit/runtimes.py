@@ -7,8 +7,12 @@ by `python -m benchmarks`, see docs/performance.md).
 
 The network, cut at the chosen layer and followed by the chosen pooling (`feature_model`), is
 exported once per architecture, weights, layer and pooling to ONNX (torch.export-based exporter)
-and cached beside the store in `<store>/runtimes/<fingerprint>.onnx`; ONNX Runtime runs that file,
-OpenVINO reads the same file and keeps its compiled blob in the same folder.  Vectors equal eager
+and cached beside the store in `<store>/runtimes/<name>-<key>.onnx`; ONNX Runtime runs that file,
+OpenVINO compiles the same file (about a second, so it keeps no compiled blob: every file it runs
+is checked).  The export is recorded when it is written (`artifact_records`: the sha256 of its
+bytes and what it was made from) and checked against that record before each run's first use: a
+file that differs (another model's export copied over it, edited weights, a truncated file) is
+exported again, never run.  Vectors equal eager
 PyTorch's within float32 rounding (max abs difference about 1e-5, tests/test_runtimes.py); with
 OpenVINO's bf16 inference precision (CPUs with avx512_bf16 / AMX only) cosine about 0.9997.  Each
 runtime and precision is its own fingerprint part, so their vectors never mix with eager ones in
@@ -21,20 +25,22 @@ every fast path.
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .artifact_records import RUNTIME_EXPORTS, record_problem, write_recorded
 from .backbone import (Backbone, TorchImageBackbone, WrappingBackbone, fingerprint_of,
                        pool_features)
 from .errors import MissingExtra, UsageError
-from .files import atomic_write, available_cores
+from .files import available_cores
 from .options import RUNTIMES
 
-__all__ = ["EXPORT_VERSION", "OPSET", "export_onnx", "feature_model", "RuntimeBackbone",
-           "with_runtime"]
+__all__ = ["EXPORT_VERSION", "OPSET", "export_onnx", "export_path", "feature_model",
+           "RuntimeBackbone", "runtime_fingerprint", "with_runtime"]
 
 #: Bumped when the export changes (opset, exporter options): old exported files then miss.
 EXPORT_VERSION = 1
@@ -93,14 +99,17 @@ class _Features(torch.nn.Module):
 
 
 def export_onnx(backbone: TorchImageBackbone, folder: Path) -> Path:
-    """The backbone's feature model as ONNX in `folder`, exported on first use (atomic rename, so
-    concurrent runs at worst export twice)."""
+    """The backbone's feature model as ONNX in `folder`, exported on first use and again
+    whenever the file there fails its record (`record_problem`), with a one-line note on stderr
+    naming the file and why.  Atomic renames, so concurrent runs at worst export twice."""
     backbone.to("cpu", "fp32")
-    key = fingerprint_of(backbone=backbone.fingerprint(), export=EXPORT_VERSION, opset=OPSET,
-                         torch=torch.__version__.split("+")[0])
-    path = Path(folder) / f"{backbone.name}-{key}.onnx"
-    if path.exists():
+    made_from = _export_origin(backbone)
+    path = export_path(backbone, folder)
+    problem = record_problem(path, made_from)
+    if problem is None:
         return path
+    if path.exists():
+        print(f"embedkit: runtime export {path}: {problem}; exporting it again", file=sys.stderr)
     _require("onnxscript", "exporting to ONNX", "onnx", "onnxscript")
     path.parent.mkdir(parents=True, exist_ok=True)
     size = backbone.preprocessing.input_size
@@ -111,7 +120,19 @@ def export_onnx(backbone: TorchImageBackbone, folder: Path) -> Path:
             feature_model(backbone), (example,), input_names=["images"],
             output_names=["vectors"], dynamic_shapes=({0: torch.export.Dim("n")},),
             opset_version=OPSET, dynamo=True, verbose=False)
-        return atomic_write(path, lambda tmp: program.save(str(tmp), external_data=False))
+        return write_recorded(path, lambda tmp: program.save(str(tmp), external_data=False),
+                              made_from)
+
+
+def export_path(backbone: TorchImageBackbone, folder: Path) -> Path:
+    """Where `folder` keeps the export of `backbone` (its name and a hash of its origin)."""
+    return Path(folder) / f"{backbone.name}-{fingerprint_of(**_export_origin(backbone))}.onnx"
+
+
+def _export_origin(backbone: TorchImageBackbone) -> dict:
+    """What an export is made from: the backbone (weights, layer, pooling...) and the exporter."""
+    return {"backbone": backbone.fingerprint(), "export": EXPORT_VERSION, "opset": OPSET,
+            "torch": torch.__version__.split("+")[0]}
 
 
 def _require(module: str, what: str, extra: str, package: str):
@@ -144,10 +165,11 @@ class RuntimeBackbone(WrappingBackbone):
     # the wrapped backbone's preprocessing and classes
     preprocessing = property(lambda self: self.wrapped.preprocessing)
     class_names = property(lambda self: self.wrapped.class_names)
+    # the wrapped backbone's recipe: `cache verify --deep` recomputes these vectors eagerly
+    creation = property(lambda self: self.wrapped.creation)
 
     def fingerprint(self) -> str:
-        return fingerprint_of(backbone=self.wrapped.fingerprint(), runtime=self.runtime,
-                              precision=self.precision)
+        return runtime_fingerprint(self.wrapped.fingerprint(), self.runtime, self.precision)
 
     def preprocess(self, item):
         return self.wrapped.preprocess(item)
@@ -192,7 +214,6 @@ class RuntimeBackbone(WrappingBackbone):
                 self._session = lambda x: session.run(None, {"images": x})[0]
             else:
                 core = _openvino_core()
-                core.set_property({"CACHE_DIR": str(self.folder / "openvino")})
                 compiled = core.compile_model(str(path), "CPU", {
                     "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[self.precision],
                     "PERFORMANCE_HINT": "LATENCY"})  # one batch at a time, all cores on it
@@ -214,6 +235,12 @@ class RuntimeBackbone(WrappingBackbone):
         self.__dict__.update(state)
 
 
+def runtime_fingerprint(eager_fingerprint: str, runtime: str, precision: str) -> str:
+    """The fingerprint of vectors computed in `runtime` at `precision` by the backbone whose
+    eager fingerprint is given: its own cache key, never mixed with eager vectors."""
+    return fingerprint_of(backbone=eager_fingerprint, runtime=runtime, precision=precision)
+
+
 def _openvino_core():
     import openvino as ov
 
@@ -225,4 +252,4 @@ def with_runtime(backbone: Backbone, runtime: str, store_root) -> Backbone:
     graphs cached under `<store_root>/runtimes`."""
     if runtime in (None, "torch"):
         return backbone
-    return RuntimeBackbone(backbone, runtime, Path(store_root) / "runtimes")
+    return RuntimeBackbone(backbone, runtime, Path(store_root) / RUNTIME_EXPORTS)

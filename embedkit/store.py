@@ -13,7 +13,9 @@ that a same-tick change could go unseen ("racily clean" in git's words), is hash
 Integrity: every shard's sha256 is recorded when it is published (and its content checksum is in
 the shard's own metadata, so a shard written by another engine is checked before it is absorbed).
 A read whose bytes do not match is a miss, so the items are recomputed and repointed; `verify`
-re-hashes every shard and quarantines those that changed.
+re-hashes every shard and quarantines those that changed.  The runtime exports kept beside the
+shards (`runtimes/`) follow the same rule through their records (`artifact_records`): `verify`
+checks them too, and removes damaged ones with `repair`.
 
 Crash safety: a shard becomes visible only by an atomic rename, and the index learns about it
 afterwards; on open, any shard the index does not know is absorbed and any temporary file left by
@@ -43,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact_records import RUNTIME_EXPORTS, recorded_problems
 from .errors import CacheUnavailable, StoreError
 from .files import atomic_write, available_cores
 
@@ -549,9 +552,14 @@ class Store:
 
     def verify(self, repair: bool = False) -> list[str]:
         """Problems found (empty list = healthy): every indexed shard is re-hashed against the
-        checksum recorded when it was published and decoded.  `repair` quarantines damaged
-        shards (moved to shards/damaged/, their keys dropped: a rerun recomputes exactly those
-        items) and re-indexes the rest."""
+        checksum recorded when it was published and decoded, and every runtime export against
+        its record (`artifact_records`).  `repair` quarantines damaged shards (moved to
+        shards/damaged/, their keys dropped: a rerun recomputes exactly those items), re-indexes
+        the rest, and removes damaged exports (the next run exports them again)."""
+        return (self._verify_shards(repair)
+                + recorded_problems(self.root / RUNTIME_EXPORTS, repair=repair))
+
+    def _verify_shards(self, repair: bool) -> list[str]:
         problems, damaged = [], []
         self.absorb()  # a valid shard published but not yet indexed (a crash, a writer) is fine
         files = self._shard_files()
