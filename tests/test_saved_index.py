@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from embedkit.cli.main import cli
 from embedkit.embeddings import EmbeddingSet
-from embedkit.errors import NotFoundError, UsageError
+from embedkit.errors import BadInputError, NotFoundError, UsageError
 from embedkit.query_resolution import save_index, saved_index
 from embedkit.vector_search import NeighborIndex, measure_recall, sidecar_path
 from embedkit.vector_space import VectorSpace
@@ -92,14 +92,14 @@ def test_broken_or_incomplete_index_files_are_refused(tmp_path, digits_set):
     save_index(digits_set, "ivf", path, nlist=8)
     about = json.loads(sidecar_path(path).read_text())
     sidecar_path(path).write_text(json.dumps({**about, "ntotal": 5}))
-    with pytest.raises(UsageError, match="holds 1797 x 64 vectors but its sidecar says 5"):
+    with pytest.raises(BadInputError, match="holds 1797 x 64 vectors but its sidecar says 5"):
         NeighborIndex.load(path)
     sidecar_path(path).unlink()
     with pytest.raises(NotFoundError, match="digits.faiss.json: missing"):
         NeighborIndex.load(path)
     (tmp_path / "junk.faiss").write_bytes(b"junk")
     sidecar_path(tmp_path / "junk.faiss").write_text(json.dumps(about))
-    with pytest.raises(UsageError, match="not a faiss index file"):
+    with pytest.raises(BadInputError, match="sha256 differs"):
         NeighborIndex.load(tmp_path / "junk.faiss")
     with pytest.raises(UsageError, match="exact index"):
         NeighborIndex("exact").fit(digits_set.vectors).save(tmp_path / "exact.faiss")
