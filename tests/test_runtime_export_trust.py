@@ -1,5 +1,5 @@
 """Runtime exports are checked before use (issue 19): an exported ONNX file is an artifact
-embedkit reads back, so a file that is not the one exported for this model (another layer's
+embedkit reads back, so a file that is not the one exported for this model (another model's
 export copied over it, weights edited inside it, a truncated file) is exported again and never
 run; `cache verify` covers exports, and `--deep` recomputes runtime-made vectors with eager
 PyTorch.
