@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from sklearn.datasets import load_digits
-from sklearn.model_selection import cross_validate
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.metrics import accuracy_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score, cross_validate
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from embedkit.artifacts import load_artifact
 from embedkit.errors import ArtifactError, BackboneMismatch
@@ -71,6 +76,43 @@ def test_every_cheap_classifier_trains_and_round_trips(name, digits_split, tmp_p
     test = digits_split[1]
     np.testing.assert_array_equal(back.predict(test)["label"], model.predict(test)["label"])
     assert back.evaluate(test)["label"]["accuracy"] > 0.6
+
+
+#: The two heavier classifiers as scikit-learn builds them with embedkit's stated settings
+#: (README, "Learn"): the reference they are checked against
+SCIKIT_LEARN = {
+    "random-forest": lambda **params: RandomForestClassifier(n_estimators=100, **params),
+    "mlp": lambda **params: MLPClassifier(hidden_layer_sizes=(256,), solver="lbfgs",
+                                          max_iter=500, **params),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCIKIT_LEARN))
+def test_forest_and_mlp_equal_scikit_learn_run_directly(name, digits_split, tmp_path):
+    """The random-forest and mlp heads are scikit-learn's estimators with the same parameters
+    and seed: the recorded cross-validated score is what scikit-learn's own `cross_val_score`
+    gives for the chosen parameters on the same folds, predictions and probabilities equal a
+    pipeline refitted directly, `evaluate` reports that pipeline's accuracy, and the saved head
+    loads back (its tree and network types are on the allow-list) predicting the same."""
+    three = [es.subset(np.isin(es.labels, ["0", "1", "2"])) for es in digits_split]
+    train_set, test, seed = three[0].subset(slice(0, 60)), three[1], 7
+    model = train(train_set, name, cv=2, seed=seed)
+    chosen = model.info["tasks"]["label"]
+    reference = make_pipeline(StandardScaler(),
+                              SCIKIT_LEARN[name](random_state=seed, **chosen["best_params"]))
+    folds = StratifiedKFold(2, shuffle=True, random_state=seed)
+    score = cross_val_score(reference, train_set.vectors, train_set.labels, cv=folds,
+                            scoring="balanced_accuracy").mean()
+    assert chosen["cv_score"] == pytest.approx(score, abs=1e-12)
+    expected = reference.fit(train_set.vectors, train_set.labels).predict(test.vectors)
+    np.testing.assert_array_equal(model.predict(test)["label"], expected)
+    np.testing.assert_allclose(model.heads["label"].predict_proba(test.vectors),
+                               reference.predict_proba(test.vectors), rtol=0, atol=1e-12)
+    assert model.evaluate(test)["label"]["accuracy"] == pytest.approx(
+        accuracy_score(test.labels, expected), abs=1e-12)
+    model.save(tmp_path / "m.skops")
+    np.testing.assert_array_equal(TrainedClassifier.load(tmp_path / "m.skops").predict(test)[
+        "label"], expected)
 
 
 def test_a_class_with_too_few_examples_is_refused_by_name(digits_split):
