@@ -9,7 +9,12 @@ Outputs (`EmbeddingsWriter`):
 - `.npy`: the vectors, with the ids and label columns in a sidecar `NAME.ids.csv` beside it.
 - `.csv`: one row per item: id, labels, v0..v{d-1}.
 Every output is written under a temporary name and renamed when complete, so a run that fails
-leaves the previous output (or none), never half of one.
+leaves the previous output (or none), never half of one, and no temporary file.
+
+Inputs: whatever reads an embeddings file (these formats, and the foreign ones
+`embeddings.load_embeddings` reads) hands its ids, vectors and label columns to
+`validate_foreign`, the one policy every format shares, so that no analysis meets a NaN, an
+infinite value, a repeated id or an empty set that a format let through.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import BadInputError, BadWeights, UsageError
 from .files import atomic_write
 
-__all__ = ["PARTS_MARKER", "EmbeddingsWriter", "csv_layout", "ids_sidecar", "is_parts_folder",
-           "output_kind", "read_csv_set", "read_parquet_set", "read_saved", "read_sidecar"]
+__all__ = ["PARTS_MARKER", "PICKLE_START", "CheckedSet", "EmbeddingsWriter", "csv_layout",
+           "ids_sidecar", "is_parts_folder", "output_kind", "read_csv_set", "read_parquet_set",
+           "read_saved", "read_sidecar", "untrusted", "validate_foreign"]
 
 PARTS_MARKER = "_embedkit.json"  # "_": skipped by Arrow, pandas and Spark readers
 #: Rows per part of a folder output when the number of parts is not given.
@@ -182,10 +189,18 @@ class EmbeddingsWriter:
 
     # -- finishing -----------------------------------------------------------------------
     def _close_files(self):
+        """Close every open output file, each even when another fails (a full disk fails the
+        flush of the last buffered bytes), then raise the first failure."""
         out, self._out = self._out, None
+        failure = None
         for f in (out if isinstance(out, tuple) else (out,)):
-            if f is not None:
-                f.close()
+            try:
+                if f is not None:
+                    f.close()
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def saved(self):
         """The committed output as a SavedSet (nothing read until it is used)."""
@@ -193,10 +208,12 @@ class EmbeddingsWriter:
 
         files = [self.path / name for name in self._parts] if self.kind == "parts" else \
             [self.path]
-        return SavedSet(self._header(), files)
+        return SavedSet(self._header(), files, self.path)
 
     def commit(self) -> Path:
         self._close_files()
+        if self.kind != "parts" and self.rows == 0:
+            raise UsageError(f"{self.path}: nothing to save (no vectors)")
         if self.kind == "parts":
             (self._tmp / PARTS_MARKER).write_text(json.dumps(
                 {**self._header(), "parts": self._parts}, default=str, indent=1))
@@ -207,8 +224,6 @@ class EmbeddingsWriter:
         elif self.kind == ".npy":
             self._finish_npy()
         else:
-            if self.kind == ".parquet" and self.rows == 0:
-                raise UsageError(f"{self.path}: nothing to save")
             os.replace(self._tmp, self.path)
         return self.path
 
@@ -233,7 +248,12 @@ class EmbeddingsWriter:
             p.unlink(missing_ok=True)
 
     def abort(self):
-        self._close_files()
+        """Remove everything written so far.  Closing may fail again for the reason that made
+        the run fail (that first error is the one reported): the files go all the same."""
+        try:
+            self._close_files()
+        except OSError:
+            pass
         if self._tmp.is_dir():
             shutil.rmtree(self._tmp, ignore_errors=True)
         for p in (self._tmp, Path(f"{self._tmp}.ids")):
@@ -287,6 +307,8 @@ def read_parquet_set(files: list[Path], label_names: list[str]):
 
 def read_saved(files: list[Path], label_names: list[str]):
     """(ids, vectors, label columns) of any output above."""
+    if not files:  # a folder of no parts: an empty set, which the reader's check refuses
+        return [], np.empty((0, 0), np.float32), {name: [] for name in label_names}
     suffix = files[0].suffix.lower()
     if suffix == ".parquet":
         return read_parquet_set(files, label_names)
@@ -320,8 +342,11 @@ def _label_columns(header: list[str]) -> list[str] | None:
 
 def read_csv_set(path) -> tuple[list[str], np.ndarray, dict[str, list]]:
     """(ids, vectors, label columns) of a .csv embedkit wrote; empty label cells are None."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header, *rows = list(csv.reader(f)) or [[]]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header, *rows = list(csv.reader(f)) or [[]]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: not readable as CSV text ({exc})") from None
     label_names = _label_columns(header)
     if label_names is None:
         raise UsageError(f"{path}: not embeddings as embedkit writes them (columns id, labels, "
@@ -329,24 +354,147 @@ def read_csv_set(path) -> tuple[list[str], np.ndarray, dict[str, list]]:
     k = len(label_names)
     short = next((n for n, r in enumerate(rows, 2) if len(r) != len(header)), None)
     if short is not None:
-        raise UsageError(f"{path}: row {short} has {len(rows[short - 2])} cells, the header "
-                         f"{len(header)}; write the file again (embedkit extract ... -o FILE.csv)")
+        raise BadInputError(f"{path}: line {short} has {len(rows[short - 2])} cells, the header "
+                            f"{len(header)}; write the file again (embedkit extract ... -o "
+                            "FILE.csv)")
     try:
         vectors = np.asarray([r[1 + k:] for r in rows], dtype=np.float32).reshape(
             len(rows), len(header) - 1 - k)
-    except ValueError as exc:
-        raise UsageError(f"{path}: a vector cell is not a number ({exc})") from None
+    except ValueError:
+        line, cell = _first_non_number(rows, 1 + k)
+        raise BadInputError(f"{path}: line {line}: the vector cell '{cell}' is not a number") \
+            from None
     labels = {name: [r[1 + j] or None for r in rows] for j, name in enumerate(label_names)}
     return [r[0] for r in rows], vectors, labels
 
 
+def _first_non_number(rows: list[list[str]], start: int) -> tuple[int, str]:
+    """(file line, cell) of the first cell from column `start` on that is not a number."""
+    for line, row in enumerate(rows, 2):
+        for cell in row[start:]:
+            try:
+                np.float32(cell)  # the conversion np.asarray(..., dtype=np.float32) does
+            except ValueError:
+                return line, cell
+    return 0, ""  # not reached: the cell numpy could not read is among them
+
+
 def read_sidecar(path: Path) -> tuple[list[str], dict[str, list]]:
     """The ids and label columns of a `NAME.ids.csv` sidecar (empty cells are None)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: not an ids file as embedkit writes it ({exc})") from None
     if not rows or not rows[0] or rows[0][0] != "id":
-        raise UsageError(f"{path}: an ids file of .npy vectors starts with an 'id' header")
+        raise BadInputError(f"{path}: an ids file of .npy vectors starts with an 'id' header")
     header, body = rows[0], rows[1:]
     labels = {name: [r[j] if j < len(r) and r[j] != "" else None for r in body]
               for j, name in enumerate(header[1:], 1)}
     return [r[0] if r else "" for r in body], labels
+
+
+# -- one policy for every file read ----------------------------------------------------------
+class CheckedSet(NamedTuple):
+    """What `validate_foreign` hands back: the rows that passed, and how many were dropped."""
+
+    ids: list[str]
+    vectors: np.ndarray  # float32 [n, d], C-contiguous, every value finite
+    labels: dict[str, np.ndarray]
+    skipped: int
+
+
+def validate_foreign(ids, vectors, labels: dict, path, skip_nonfinite: bool = False
+                     ) -> CheckedSet:
+    """The one check that every embeddings file read from disk goes through after its
+    format's reader, so that .parquet, .npy, .npz and .csv share one policy and no analysis
+    (a scikit-learn fit, a cosine) meets what it cannot use.
+
+    Refused with BadInputError (exit 5, README Exit codes), naming the file and the row (rows
+    count from 0, as NumPy and Parquet index them): vectors that are not a 2-D array of
+    numbers, no rows, no dimensions, ids or label columns of another length, a repeated id,
+    and a row holding NaN or an infinite value once converted to float32 (so a float64 beyond
+    float32's range counts), unless `skip_nonfinite`, which drops such rows and counts them.
+
+    Args:
+        ids: one per vector, or None for row numbers.
+        vectors: the array the reader found (any numeric dtype).
+        labels: label columns, one value per vector.
+        path: the file, as the messages name it.
+        skip_nonfinite: drop rows with NaN / infinite values instead of refusing the file.
+    """
+    vectors = _number_matrix(vectors, path)
+    n = len(vectors)
+    ids = [str(i) for i in range(n)] if ids is None else \
+        [str(i) for i in _one_per_vector(ids, n, "ids", path)]
+    labels = {name: np.asarray(_one_per_vector(values, n, f"values of label '{name}'", path),
+                               dtype=object) for name, values in labels.items()}
+    rows = np.arange(n)
+    # a NaN or an infinity carries into its row's sum, which float64 keeps from overflowing;
+    # one pass, without a boolean copy of the whole matrix
+    finite = np.isfinite(vectors.sum(axis=1, dtype=np.float64))
+    skipped = int(n - finite.sum())
+    if skipped:
+        first = int(np.argmin(finite))
+        if not skip_nonfinite:
+            raise BadInputError(
+                f"{path}: row {first} (id '{ids[first]}'; rows count from 0) holds a NaN or "
+                f"infinite value ({skipped} such row{'s' if skipped > 1 else ''} in all); fix "
+                "the file, or drop such rows with --skip-nonfinite (skip_nonfinite=True)")
+        if skipped == n:
+            raise BadInputError(f"{path}: every one of its {n} vectors holds NaN or infinite "
+                                "values; nothing is left to use")
+        vectors, rows = vectors[finite], rows[finite]
+        ids = [ids[r] for r in rows]
+        labels = {name: values[finite] for name, values in labels.items()}
+    _check_unique(ids, rows, path)
+    return CheckedSet(ids, vectors, labels, skipped)
+
+
+def _number_matrix(vectors, path) -> np.ndarray:
+    """float32 [n, d], n and d at least 1, from a 2-D array of real numbers."""
+    vectors = np.asarray(vectors)
+    kind = vectors.dtype
+    if vectors.ndim != 2 or not (np.issubdtype(kind, np.integer)
+                                 or np.issubdtype(kind, np.floating)):
+        raise BadInputError(f"{path}: vectors must be a 2-D array of numbers [n, d]; found "
+                            f"{kind} of shape {vectors.shape}")
+    if not vectors.shape[0]:
+        raise BadInputError(f"{path}: holds no vectors (0 rows)")
+    if not vectors.shape[1]:
+        raise BadInputError(f"{path}: its vectors have 0 dimensions (shape {vectors.shape})")
+    with np.errstate(over="ignore"):  # beyond float32's range: infinite, refused as such
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _one_per_vector(values, n: int, what: str, path):
+    """`values` if it is a flat column of n values."""
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise BadInputError(f"{path}: {what} must be one value per vector; found an array of "
+                            f"shape {values.shape}")
+    if len(values) != n:
+        raise BadInputError(f"{path}: {n} vectors but {len(values)} {what}")
+    return values
+
+
+def _check_unique(ids: list[str], rows: np.ndarray, path):
+    """Refuse a repeated id, naming it and both rows (in the file's numbering)."""
+    if len(set(ids)) == len(ids):
+        return
+    seen: dict[str, int] = {}
+    for ident, row in zip(ids, rows.tolist()):
+        first = seen.setdefault(ident, row)
+        if first != row:
+            raise BadInputError(f"{path}: id '{ident}' is used twice (rows {first} and {row}, "
+                                "counting from 0); ids must be unique")
+
+
+#: How every pickle of protocol 2 or later starts (the PROTO opcode).
+PICKLE_START = b"\x80"
+
+
+def untrusted(path, what: str) -> BadWeights:
+    """The refusal (exit 4, README Trust model) of a file that only unpickling could read:
+    embedkit never unpickles a file from elsewhere, because a pickle can run any code."""
+    return BadWeights(f"{path}: {what}, which only unpickling could read; refused, since a "
+                      "pickle can run code: save plain arrays of numbers and strings instead")

@@ -4,13 +4,16 @@ ids (stable: relative path or line number), vectors (float32 [n, d]), label colu
 one is `labels`), and meta (backbone name, fingerprint, layer, pooling, dataset root).
 Saved as one Parquet file with the meta in its schema metadata.  `load_embeddings` also reads
 what other tools write: Parquet with a list<float> or fixed-size-list vector column, and NumPy
-.npy / .npz arrays (with an optional ids file).
+.npy / .npz arrays (with an optional ids file).  Each format has its reader; what any reader
+finds then passes one check (`embedding_files.validate_foreign`), so every format answers a NaN,
+a repeated id or a pickle the same way.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from .errors import NotFoundError, UsageError
+from .errors import BadInputError, EmbedkitError, NotFoundError, UsageError
 
 __all__ = ["LOAD_SUFFIXES", "SAVE_SUFFIXES", "check_output_suffix", "EmbeddingSet",
            "is_embeddings_file", "load_embeddings"]
@@ -139,13 +142,19 @@ LOAD_SUFFIXES = (".parquet", ".npy", ".npz")
 
 def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
                     id_column: str | None = None, label_column: str | list[str] | None = None,
-                    ids: str | os.PathLike | None = None) -> EmbeddingSet:
+                    ids: str | os.PathLike | None = None,
+                    skip_nonfinite: bool = False) -> EmbeddingSet:
     """Load an EmbeddingSet saved by embedkit, or embeddings written by another tool.
+
+    Whatever the format, what its reader found goes through one check
+    (`embedding_files.validate_foreign`): the vectors come back finite float32 [n, d] with
+    n, d >= 1 and unique ids, or the file is refused.
 
     Args:
         path: a .parquet file (embedkit's own, or any table with one list<float> or
-            fixed-size-list vector column), a .npy 2-D float array, or a .npz holding
-            `vectors` (or `embeddings`) and optionally `ids` and `labels`.
+            fixed-size-list vector column), a .npy 2-D float array, a .npz holding
+            `vectors` (or `embeddings`) and optionally `ids` and `labels`, a .csv as embedkit
+            writes it, or a folder of Parquet parts that embedkit wrote.
         vector_column: the vector column (Parquet) or array (.npz); found automatically when
             the file has exactly one list-typed column (one of the two names for .npz).
         id_column: the id column of a foreign Parquet file (default `id` if there is one,
@@ -155,16 +164,42 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
         ids: a text file with one id per line, for vectors that carry no ids (.npy / .npz);
             by default the sidecar NAME.ids.csv (ids and labels) that embedkit writes beside
             NAME.npy, when there is one.
+        skip_nonfinite: drop the vectors holding NaN or infinite values instead of refusing
+            the file; how many were dropped is `meta["skipped_nonfinite"]`.  The set is then
+            read at once (its size is known only after the check).
 
     Raises:
         NotFoundError: no such file (or ids file).  UsageError: a file that holds no
-        embeddings this can read, in one line naming the file and what was found there.
+        embeddings this can read (another kind of file, or options that do not fit it).
+        BadInputError: embeddings whose content cannot be used (NaN or infinite values, a
+        repeated id, no rows, no dimensions, ragged or mis-shaped vectors), naming the file
+        and the row.  BadWeights: a file that only unpickling could read (exit 4).  Each in
+        one line.
     """
+    found = _read_any(Path(path), vector_column, id_column, _names(label_column), ids)
+    if isinstance(found, SavedSet):  # checked when it is read
+        return found.read(skip_nonfinite=True) if skip_nonfinite else found
+    return _checked(*found, Path(path), {"source": str(path)}, skip_nonfinite)
+
+
+def _checked(ids, vectors, labels, path: Path, meta: dict, skip_nonfinite: bool
+             ) -> EmbeddingSet:
+    """The EmbeddingSet of what a reader found, once it passed `validate_foreign`."""
+    from .embedding_files import validate_foreign
+
+    checked = validate_foreign(ids, vectors, labels, path, skip_nonfinite)
+    if checked.skipped:
+        meta = {**meta, "skipped_nonfinite": checked.skipped}
+    return EmbeddingSet(checked.ids, checked.vectors, checked.labels, meta)
+
+
+def _read_any(path: Path, vector_column, id_column, label_columns: list[str], ids):
+    """What the format's reader finds: embedkit's own Parquet as a SavedSet (read and checked
+    on first use), anything else as (ids or None, vectors, label columns) still to check."""
     from .embedding_files import PARTS_MARKER, is_parts_folder
 
-    path = Path(path)
     if is_parts_folder(path):
-        if vector_column or id_column or label_column or ids:
+        if vector_column or id_column or label_columns or ids:
             raise UsageError(f"{path}: a folder of embedkit parts carries its own columns; "
                              "vector / id / label columns are for other tools' files")
         try:
@@ -180,18 +215,17 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
         if missing:
             raise UsageError(f"{path}: parts missing ({', '.join(missing[:3])}); write the "
                              "folder again (embedkit extract ... -o FOLDER/)")
-        return SavedSet(header, files)
+        return SavedSet(header, files, path)
     if not path.is_file():
         raise NotFoundError(f"{path}: no such embeddings file or folder of parts")
     suffix = path.suffix.lower()
     if suffix == ".csv":  # embedkit's own: id, labels, v0..v{d-1}
         from .embedding_files import read_csv_set
 
-        if vector_column or id_column or label_column or ids:
+        if vector_column or id_column or label_columns or ids:
             raise UsageError(f"{path}: a .csv of embeddings carries its own columns; vector / "
                              "id / label columns are for other tools' files")
-        ident, vectors, labels = read_csv_set(path)
-        return EmbeddingSet(ident, vectors, labels, {"source": str(path)})
+        return read_csv_set(path)
     if suffix not in LOAD_SUFFIXES:
         raise UsageError(f"{path}: embeddings are read from {', '.join(LOAD_SUFFIXES)} files "
                          "(and .csv as embedkit writes it)")
@@ -199,39 +233,46 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
         if ids is not None:
             raise UsageError(f"{path}: an ids file goes with .npy / .npz vectors; name the id "
                              "column of a Parquet file with id_column / --id-column")
-        return _load_parquet(path, vector_column, id_column, _names(label_column))
-    if id_column is not None or label_column is not None:
+        return _read_parquet(path, vector_column, id_column, label_columns)
+    if id_column is not None or label_columns:
         raise UsageError(f"{path}: id / label columns belong to Parquet files; give NumPy "
                          "vectors their ids with an ids file (ids= / --ids)")
-    return _load_numpy(path, vector_column, ids)
+    return _read_numpy(path, vector_column, ids)
 
 
 def _names(columns) -> list[str]:
     return [columns] if isinstance(columns, str) else list(columns or [])
 
 
-def _load_parquet(path: Path, vector_column, id_column, label_columns) -> EmbeddingSet:
+def _read_parquet(path: Path, vector_column, id_column, label_columns):
     import pyarrow.parquet as pq
+
+    from .embedding_files import PICKLE_START, untrusted
 
     try:
         schema = pq.read_schema(path)
     except Exception as exc:
+        with open(path, "rb") as f:
+            if f.read(1) == PICKLE_START:
+                raise untrusted(path, "a Python pickle, not a Parquet file") from None
         raise UsageError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+    pickled = [f.name for f in schema if (f.metadata or {}).get(b"ARROW:extension:name")
+               == b"arrow.py_extension_type"]
+    if pickled:
+        raise untrusted(path, f"column '{pickled[0]}' is of a pickled Python extension type")
     if b"embedkit" in (schema.metadata or {}) and not (vector_column or id_column
                                                         or label_columns):
         return _load_own(path)
     table = pq.read_table(path)
     vectors = _vector_column(path, table, vector_column)
-    n = len(vectors)
+    ident = None
     if id_column is not None or "id" in table.column_names:
         ident = _scalar_column(path, table, id_column or "id", "id")
         if None in ident:
-            raise UsageError(f"{path}: the id column '{id_column or 'id'}' has empty values")
-    else:
-        ident = [str(i) for i in range(n)]
-    labels = {name: np.asarray(_scalar_column(path, table, name, "label"), dtype=object)
-              for name in label_columns}
-    return EmbeddingSet(ident, vectors, labels, {"source": str(path)})
+            raise BadInputError(f"{path}: the id column '{id_column or 'id'}' has empty values "
+                                f"(the first at row {ident.index(None)}, counting from 0)")
+    labels = {name: _scalar_column(path, table, name, "label") for name in label_columns}
+    return ident, vectors, labels
 
 
 def _load_own(path: Path) -> "SavedSet":
@@ -245,7 +286,7 @@ def _load_own(path: Path) -> "SavedSet":
     except Exception as exc:
         raise UsageError(f"{path}: a damaged embedkit embeddings file ({type(exc).__name__}); "
                          "recreate it with: embedkit extract DATASET -o FILE.parquet") from None
-    return SavedSet(header, [path])
+    return SavedSet(header, [path], path)
 
 
 class SavedSet(EmbeddingSet):
@@ -255,22 +296,30 @@ class SavedSet(EmbeddingSet):
     command that only counts or streams never loads the set, and one that uses it loads it
     once."""
 
-    def __init__(self, header: dict, files: list[Path]):
+    def __init__(self, header: dict, files: list[Path], where: Path):
         self._header, self._files, self._data = header, [Path(f) for f in files], None
+        self._where = Path(where)  # the file or folder of parts, as messages name it
         self.meta = dict(header.get("meta", {}))
         self.summary = None
 
+    def read(self, skip_nonfinite: bool = False) -> EmbeddingSet:
+        """The set read from its files and checked as every file read is
+        (`embedding_files.validate_foreign`), as a plain EmbeddingSet."""
+        from .embedding_files import read_saved
+
+        try:
+            ids, vectors, labels = read_saved(self._files, self._header.get("labels", []))
+        except EmbedkitError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"{self._where}: a damaged embedkit embeddings file "
+                             f"({type(exc).__name__}); recreate it with: embedkit extract "
+                             "DATASET -o FILE.parquet") from None
+        return _checked(ids, vectors, labels, self._where, self.meta, skip_nonfinite)
+
     def _load(self):
         if self._data is None:
-            from .embedding_files import read_saved
-
-            try:
-                ids, vectors, labels = read_saved(self._files, self._header.get("labels", []))
-            except Exception as exc:
-                raise UsageError(f"{self._files[0]}: a damaged embedkit embeddings file "
-                                 f"({type(exc).__name__}); recreate it with: embedkit extract "
-                                 "DATASET -o FILE.parquet") from None
-            self._data = EmbeddingSet(ids, vectors, labels, self.meta)
+            self._data = self.read()
         return self._data
 
     ids = property(lambda self: self._load().ids)
@@ -312,18 +361,19 @@ def _vector_column(path: Path, table, name: str | None) -> np.ndarray:
     value_type = getattr(column.type, "value_type", None)
     if not is_list(column.type) or not (pa.types.is_floating(value_type)
                                         or pa.types.is_integer(value_type)):
-        raise UsageError(f"{path}: column '{name}' is {column.type}, not a list of numbers")
+        raise BadInputError(f"{path}: column '{name}' is {column.type}, not a list of numbers")
     if column.null_count:
-        raise UsageError(f"{path}: column '{name}' has {column.null_count} empty rows")
+        first = int(np.argmax(np.asarray(column.is_null())))
+        raise BadInputError(f"{path}: column '{name}' has {column.null_count} empty rows (the "
+                            f"first is row {first}, counting from 0)")
     lengths = np.asarray(column.value_lengths())
     if len(lengths) and lengths.min() != lengths.max():
-        raise UsageError(f"{path}: column '{name}' holds vectors of different lengths "
-                         f"({lengths.min()} to {lengths.max()})")
-    if len(lengths) and lengths[0] == 0:
-        raise UsageError(f"{path}: column '{name}' holds empty vectors")
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    if np.isnan(flat).any():
-        raise UsageError(f"{path}: column '{name}' has missing (null or NaN) values")
+        first = int(np.argmax(lengths != lengths[0]))
+        raise BadInputError(f"{path}: column '{name}' holds vectors of different lengths "
+                            f"({lengths.min()} to {lengths.max()}): row {first} has "
+                            f"{lengths[first]} values, row 0 has {lengths[0]} (counting from 0)")
+    # a null inside a vector reads as NaN, which the check every file goes through refuses
+    flat = column.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
 
 
@@ -335,35 +385,17 @@ def _scalar_column(path: Path, table, name: str, role: str) -> list:
                          f"{', '.join(table.column_names)})")
     column = table.column(name)
     if pa.types.is_nested(column.type):
-        raise UsageError(f"{path}: the {role} column '{name}' is {column.type}, not scalar")
+        raise BadInputError(f"{path}: the {role} column '{name}' is {column.type}, not scalar")
     return column.to_pylist()
 
 
-def _load_numpy(path: Path, name: str | None, ids_file) -> EmbeddingSet:
-    try:
-        data = np.load(path, allow_pickle=False)  # never unpickle a file from elsewhere
-    except Exception as exc:
-        raise UsageError(f"{path}: not a NumPy file holding plain arrays "
-                         f"({type(exc).__name__})") from None
-    labels = {}
-    ident = None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        with data:
-            keys = list(data.files)
-            candidates = [name] if name else [k for k in ("vectors", "embeddings") if k in keys]
-            if len(candidates) != 1 or candidates[0] not in keys:
-                raise UsageError(f"{path}: holds arrays {', '.join(keys) or 'none'}; expected "
-                                 "one of vectors / embeddings (or name it with vector_column=)")
-            vectors = data[candidates[0]]
-            ident = data["ids"] if "ids" in keys else None
-            if "labels" in keys:
-                labels["labels"] = data["labels"]
+def _read_numpy(path: Path, name: str | None, ids_file):
+    """(ids or None, vectors, labels) of a .npy (with its ids file or sidecar) or a .npz."""
+    if path.suffix.lower() == ".npz":
+        vectors, ident, labels = _read_npz(path, name)
     else:
-        vectors = data
-    if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number) or \
-            np.issubdtype(vectors.dtype, np.complexfloating):
-        raise UsageError(f"{path}: vectors must be a 2-D array of numbers [n, d]; found "
-                         f"{vectors.dtype} of shape {vectors.shape}")
+        with open(path, "rb") as f:
+            vectors, ident, labels = _plain_array(f, path), None, {}
     from .embedding_files import ids_sidecar, read_sidecar
 
     if ids_file is None and ids_sidecar(path).is_file():  # written beside it by embedkit
@@ -375,21 +407,66 @@ def _load_numpy(path: Path, name: str | None, ids_file) -> EmbeddingSet:
         labels.update(sidecar_labels)
     elif ids_file is not None:
         ident = _read_ids(Path(ids_file))
-    if ident is None:
-        ident = [str(i) for i in range(len(vectors))]
-    for what, values in (("ids", ident), *labels.items()):
-        if len(values) != len(vectors):
-            raise UsageError(f"{path}: {len(vectors)} vectors but {len(values)} {what}")
-    return EmbeddingSet(list(ident), vectors, labels, {"source": str(path)})
+    return ident, vectors, labels
+
+
+def _read_npz(path: Path, name: str | None):
+    """(vectors, ids or None, labels) of a .npz: its `vectors` or `embeddings` array (or the
+    one named), and its `ids` and `labels` arrays when it has them."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise BadInputError(f"{path}: not a .npz archive ({exc})") from None
+    with archive:
+        members = {member.removesuffix(".npy"): member for member in archive.namelist()}
+        candidates = [name] if name else [k for k in ("vectors", "embeddings") if k in members]
+        if len(candidates) != 1 or candidates[0] not in members:
+            raise UsageError(f"{path}: holds arrays {', '.join(members) or 'none'}; expected "
+                             "one of vectors / embeddings (or name it with vector_column=)")
+
+        def array(key):
+            with archive.open(members[key]) as f:
+                return _plain_array(f, f"{path} ({key})")
+
+        vectors = array(candidates[0])
+        ident = array("ids") if "ids" in members else None
+        labels = {"labels": array("labels")} if "labels" in members else {}
+    return vectors, ident, labels
+
+
+def _plain_array(f, where) -> np.ndarray:
+    """The .npy array in the open binary file `f`, read as `np.load(allow_pickle=False)` would.
+    A pickle, or an array of Python objects, is refused (exit 4) from its first bytes, before
+    anything of it is read: numpy would hand a pickled .npz member back as raw bytes, and an
+    object array fails deep inside numpy."""
+    from .embedding_files import PICKLE_START, untrusted
+
+    fmt = np.lib.format
+    start = f.read(len(fmt.MAGIC_PREFIX))
+    if start.startswith(PICKLE_START):
+        raise untrusted(where, "a Python pickle, not a NumPy array")
+    if start != fmt.MAGIC_PREFIX:
+        raise BadInputError(f"{where}: not a NumPy array (no .npy header)")
+    f.seek(0)
+    try:
+        version = fmt.read_magic(f)
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        if header(f)[2].hasobject:
+            raise untrusted(where, "an array of Python objects (dtype object)")
+        f.seek(0)
+        return fmt.read_array(f, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"{where}: a damaged NumPy array ({exc})") from None
 
 
 def _read_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise NotFoundError(f"{path}: no such ids file")
-    ident = path.read_text(encoding="utf-8").splitlines()
-    if len(set(ident)) != len(ident):
-        raise UsageError(f"{path}: ids must be unique ({len(ident) - len(set(ident))} repeated)")
-    return ident
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path}: an ids file is UTF-8 text, one id per line ({exc})") \
+            from None
 
 
 def is_embeddings_file(spec) -> bool:

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from embedkit.cli.main import cli
 from embedkit.embeddings import EmbeddingSet, load_embeddings
-from embedkit.errors import NotFoundError, UsageError
+from embedkit.errors import BadInputError, BadWeights, NotFoundError, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -128,27 +128,39 @@ def test_wrong_shapes_and_contents_are_refused_in_one_line(tmp_path, digits):
     pq.write_table(pa.table({"v": [["a"], ["b"]]}), tmp_path / "strings.parquet")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
 
+    # what the file holds is wrong: exit 5; a pickle: exit 4; the wrong kind of file or
+    # option: exit 2 (README, Exit codes and Trust model)
     cases = [
-        (lambda: load_embeddings(tmp_path / "flat.npy"), ("flat.npy", "2-D", "(64,)")),
-        (lambda: load_embeddings(tmp_path / "cube.npy"), ("cube.npy", "(6, 10, 64)")),
-        (lambda: load_embeddings(tmp_path / "words.npy"), ("words.npy", "numbers")),
-        (lambda: load_embeddings(tmp_path / "objects.npy"), ("objects.npy", "plain arrays")),
-        (lambda: load_embeddings(tmp_path / "other.npz"), ("other.npz", "holds arrays x")),
-        (lambda: load_embeddings(tmp_path / "cube.npy", ids=tmp_path / "short.txt"), ()),
-        (lambda: load_embeddings(tmp_path / "ragged.parquet"), ("different lengths (1 to 2)",)),
-        (lambda: load_embeddings(tmp_path / "holes.parquet"), ("1 empty rows",)),
-        (lambda: load_embeddings(tmp_path / "v.npy", id_column="name"), ("Parquet files",)),
-        (lambda: load_embeddings(tmp_path / "scalars.parquet"), ("no list column", "v")),
-        (lambda: load_embeddings(tmp_path / "strings.parquet"), ("not a list of numbers",)),
-        (lambda: load_embeddings(tmp_path / "fine.parquet", id_column="name"),
+        (lambda: load_embeddings(tmp_path / "flat.npy"), BadInputError,
+         ("flat.npy", "2-D", "(64,)")),
+        (lambda: load_embeddings(tmp_path / "cube.npy"), BadInputError,
+         ("cube.npy", "(6, 10, 64)")),
+        (lambda: load_embeddings(tmp_path / "words.npy"), BadInputError, ("words.npy", "numbers")),
+        (lambda: load_embeddings(tmp_path / "objects.npy"), BadWeights,
+         ("objects.npy", "plain arrays")),
+        (lambda: load_embeddings(tmp_path / "other.npz"), UsageError,
+         ("other.npz", "holds arrays x")),
+        (lambda: load_embeddings(tmp_path / "cube.npy", ids=tmp_path / "short.txt"),
+         BadInputError, ()),
+        (lambda: load_embeddings(tmp_path / "ragged.parquet"), BadInputError,
+         ("different lengths (1 to 2)",)),
+        (lambda: load_embeddings(tmp_path / "holes.parquet"), BadInputError, ("1 empty rows",)),
+        (lambda: load_embeddings(tmp_path / "v.npy", id_column="name"), UsageError,
+         ("Parquet files",)),
+        (lambda: load_embeddings(tmp_path / "scalars.parquet"), UsageError,
+         ("no list column", "v")),
+        (lambda: load_embeddings(tmp_path / "strings.parquet"), BadInputError,
+         ("not a list of numbers",)),
+        (lambda: load_embeddings(tmp_path / "fine.parquet", id_column="name"), UsageError,
          ("no id column 'name'",)),
-        (lambda: load_embeddings(tmp_path / "junk.parquet"), ("junk.parquet", "Parquet")),
+        (lambda: load_embeddings(tmp_path / "junk.parquet"), UsageError,
+         ("junk.parquet", "Parquet")),
     ]
-    for call, words in cases:
-        with pytest.raises(UsageError) as info:
+    for call, error, words in cases:
+        with pytest.raises(error) as info:
             call()
         _one_line(info, *words)
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(BadInputError) as info:
         load_embeddings(tmp_path / "v.npy", ids=tmp_path / "short.txt")
     _one_line(info, "v.npy", "60 vectors but 2 ids")
     with pytest.raises(NotFoundError):
