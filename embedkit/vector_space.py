@@ -10,6 +10,9 @@ KeyedVectors: nearest neighbours and analogies by key, vector or weighted combin
 - analogies a : b :: c : ?  ("b - a + c") by 3CosAdd, argmax cos(d, b - a + c) on unit vectors,
   and 3CosMul (Levy & Goldberg 2014), argmax cos'(d,b) cos'(d,c) / (cos'(d,a) + eps) with
   cos' = (1 + cos) / 2 and eps = 0.001 as in the paper (gensim uses 1e-6);
+- an index (exact or approximate) picks the candidates with float32 products; the cosines
+  reported for them are computed again in float64 from the stored vectors, so a score does not
+  drift with the width of the vectors;
 - unknown keys raise NotFoundError listing close spellings.
 It knows nothing of backbones or files: what a query string means is `query_resolution`'s.
 """
@@ -39,7 +42,7 @@ class Neighbor(NamedTuple):
 
 @dataclass
 class _Term:
-    vector: np.ndarray  # unit length, float32
+    vector: np.ndarray  # unit length, float64
     weight: float
     index: int | None  # row of a key, None for a raw vector
 
@@ -142,16 +145,15 @@ class VectorSpace:
                 item, weight = _split_weight(item, sign)
                 if isinstance(item, str):
                     i = self.index_of(item)
-                    terms.append(_Term(self.unit[i], weight, i))
+                    terms.append(_Term(_unit64(self.vectors[i]), weight, i))
                 else:
                     v = np.asarray(item, dtype=np.float32)
                     if v.shape != (self.dim,):
                         raise UsageError(f"a query vector must have {self.dim} values, not "
                                          f"shape {v.shape}")
-                    norm = np.linalg.norm(v)
-                    if norm == 0:
+                    if not v.any():
                         raise UsageError("a query vector is all zeros")
-                    terms.append(_Term(v / norm, weight, None))
+                    terms.append(_Term(_unit64(v), weight, None))
         if not any(t.weight > 0 for t in terms):
             raise UsageError("a query needs at least one positive key or vector")
         return terms
@@ -177,8 +179,11 @@ class VectorSpace:
             norm = np.linalg.norm(q)
             if norm == 0:
                 raise UsageError("the query terms cancel out (their combination is zero)")
-            scores, rows = self.index(index, **index_params).search(q / norm, want)
-            scores, rows = scores[0], rows[0]
+            rows = self.index(index, **index_params).search(q / norm, want)[1][0]
+            rows = rows[rows >= 0]
+            scores = self._cosines(rows, q / norm)
+            order = np.argsort(-scores, kind="stable")
+            scores, rows = scores[order], rows[order]
         else:
             if index != "exact":
                 raise UsageError("3CosMul ranks every key exactly; it has no approximate index")
@@ -191,6 +196,23 @@ class VectorSpace:
         out = [Neighbor(self.keys[r], float(s)) for s, r in zip(scores, rows)
                if r >= 0 and r not in excluded]
         return out[:topn]
+
+
+    def _cosines(self, rows: np.ndarray, unit_query: np.ndarray) -> np.ndarray:
+        """Cosines of the stored vectors at `rows` with a unit-length query, in float64.  The
+        index ranks candidates with float32 sums, which drift over many dimensions (a 1e6-wide
+        all-ones row scored 0.9986 with itself); the few rows it returns are scored exactly."""
+        v = np.asarray(self.vectors[rows], dtype=np.float64)
+        norms = np.linalg.norm(v, axis=1)
+        return np.divide(v @ unit_query, norms, out=np.zeros(len(rows)), where=norms > 0)
+
+
+def _unit64(vector) -> np.ndarray:
+    """`vector` scaled to length 1 in float64 (a zero vector stays zero), so that a query
+    loses nothing to float32 rounding before it is scored."""
+    v = np.asarray(vector, dtype=np.float64)
+    norm = np.linalg.norm(v)
+    return v / norm if norm > 0 else v
 
 
 def _split_weight(item, sign: float):
@@ -218,11 +240,11 @@ def _as_items(items) -> list:
 def _cosmul(unit, positive: list[_Term], negative: list[_Term], epsilon: float) -> np.ndarray:
     """Levy & Goldberg's multiplicative objective over every row, cosines shifted to [0, 1]."""
     out = np.ones(len(unit), dtype=np.float64)
-    for t in positive:
-        out *= (1.0 + unit @ t.vector) / 2.0
+    for t in positive:  # in the rows' own precision: a float64 term would copy every row
+        out *= (1.0 + unit @ t.vector.astype(unit.dtype)) / 2.0
     den = np.ones(len(unit), dtype=np.float64)
     for t in negative:
-        den *= (1.0 + unit @ t.vector) / 2.0
+        den *= (1.0 + unit @ t.vector.astype(unit.dtype)) / 2.0
     return out / (den + epsilon) if negative else out
 
 
