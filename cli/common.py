@@ -159,30 +159,65 @@ def model_options(f):
     return f
 
 
+SKIP_NONFINITE_HELP = ("Drop the vectors of a saved embeddings file that hold NaN or infinite "
+                       "values (counted on stderr) instead of refusing the file.")
+
+
+def read_saved_set(spec, options: str, **how):
+    """`spec` read as a saved embeddings file the way `options` (as the user typed them) ask:
+    `how` is passed to load_embeddings.  Vectors dropped by skip_nonfinite are counted in one
+    line on stderr, so stdout stays the command's answer."""
+    from embedkit.embeddings import is_embeddings_file, load_embeddings
+
+    if not is_embeddings_file(spec):
+        raise UsageError(f"{options}: options for a saved embeddings file (.parquet, .npy, "
+                         f".npz, or a .csv embedkit wrote); {spec or 'none was given'} is not "
+                         "one")
+    emb = load_embeddings(spec, **how)
+    skipped = emb.meta.get("skipped_nonfinite")
+    if skipped:
+        click.echo(f"note: {spec}: skipped {skipped} of {len(emb) + skipped} vectors holding "
+                   "NaN or infinite values (--skip-nonfinite)", err=True)
+    return emb
+
+
 def embeddings_columns(f):
-    """--vector-column, --id-column: how to read an embeddings file another tool wrote.  When
-    either is given, the command's `embeddings` argument arrives as the EmbeddingSet read with
-    them (everything downstream takes a set as well as a file)."""
+    """--vector-column, --id-column, --skip-nonfinite: how to read an embeddings file another
+    tool wrote.  When one is given, the command's `embeddings` argument arrives as the
+    EmbeddingSet read with them (everything downstream takes a set as well as a file)."""
 
     @functools.wraps(f)
-    def command(*args, vector_column, id_column, **kwargs):
-        if vector_column or id_column:
-            from embedkit.embeddings import is_embeddings_file, load_embeddings
-
-            spec = kwargs.get("embeddings")
-            if not is_embeddings_file(spec):
-                raise UsageError("--vector-column / --id-column say how to read an embeddings "
-                                 f"file; {spec or 'no file'} is not one (.parquet, .npy, .npz)")
-            kwargs["embeddings"] = load_embeddings(spec, vector_column=vector_column,
-                                                   id_column=id_column)
+    def command(*args, vector_column, id_column, skip_nonfinite, **kwargs):
+        if vector_column or id_column or skip_nonfinite:
+            kwargs["embeddings"] = read_saved_set(
+                kwargs.get("embeddings"), "--vector-column / --id-column / --skip-nonfinite",
+                vector_column=vector_column, id_column=id_column, skip_nonfinite=skip_nonfinite)
         return f(*args, **kwargs)
 
+    command = click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)(command)
     command = click.option("--id-column", default=None,
                            help="Id column of a Parquet file another tool wrote (default: "
                                 "'id' if present, else row numbers).")(command)
     return click.option("--vector-column", default=None,
                         help="Vector column of a Parquet file another tool wrote (default: "
                              "its only list column).")(command)
+
+
+def skip_nonfinite_option(argument: str):
+    """--skip-nonfinite for a command whose `argument` may be a saved embeddings file: given,
+    that argument arrives as the EmbeddingSet read without its non-finite vectors."""
+
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, skip_nonfinite, **kwargs):
+            if skip_nonfinite:
+                kwargs[argument] = read_saved_set(kwargs[argument], "--skip-nonfinite",
+                                                  skip_nonfinite=True)
+            return f(*args, **kwargs)
+
+        return click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)(command)
+
+    return decorate
 
 
 def figure_path(ctx, param, value):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import cache_option, emit_json, figure_path, json_option, \
-    list_options, model_options, run_options, table
+from embedkit.cli.common import SKIP_NONFINITE_HELP, cache_option, emit_json, figure_path, \
+    json_option, list_options, model_options, read_saved_set, run_options, table
 
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
+skip_nonfinite_flag = click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)
 
 
 def _extract_options(layer, pool, normalize, weights, cache, run) -> dict:
@@ -30,15 +31,20 @@ def _log(message: str):
     click.echo(message, err=True)
 
 
-def _embed_all(specs, model, options) -> dict:
-    """{display name: EmbeddingSet} for saved sets or datasets embedded by the probe."""
+def _embed_all(specs, model, options, skip_nonfinite: bool = False) -> dict:
+    """{display name: EmbeddingSet} for saved sets or datasets embedded by the probe; with
+    `skip_nonfinite` (--skip-nonfinite) the saved sets are read without their non-finite
+    vectors."""
+    from embedkit.embeddings import is_embeddings_file
     from embedkit.extract import embeddings_of
     from embedkit.similarity import dataset_names
 
     sets = {}
     for name, spec in zip(dataset_names(specs), specs):
         _log(f"embedding {name}" + (f" with {model}" if model else ""))
-        sets[name] = embeddings_of(spec, model, **options)
+        sets[name] = read_saved_set(spec, "--skip-nonfinite", skip_nonfinite=True) \
+            if skip_nonfinite and is_embeddings_file(spec) else \
+            embeddings_of(spec, model, **options)
     return sets
 
 
@@ -80,12 +86,13 @@ def similarity_command(cli):
     @click.option("--heatmap", type=click.Path(dir_okay=False), default=None,
                   callback=figure_path,
                   help="Save the matrix as a PNG (one file per metric: NAME-METRIC.png).")
+    @skip_nonfinite_flag
     @run_options
     @cache_option
     @json_option
     @csv_option
     def similarity(datasets, model, layer, pool, normalize, weights, metrics, gamma, heatmap,
-                   cache, as_json, as_csv, run):
+                   skip_nonfinite, cache, as_json, as_csv, run):
         """Label-free similarity between datasets A B [C ...]: a matrix per metric.
 
         \b
@@ -100,7 +107,8 @@ def similarity_command(cli):
         if len(datasets) < 2:
             raise click.UsageError("give at least two datasets to compare")
         sets = _embed_all(datasets, model,
-                          _extract_options(layer, pool, normalize, weights, cache, run))
+                          _extract_options(layer, pool, normalize, weights, cache, run),
+                          skip_nonfinite)
         options = {"gamma": gamma} if gamma is not None else {}
         results = [similarity_matrix(sets, n, **options) for n in names]
         if heatmap:  # bright = similar for every metric
@@ -135,12 +143,13 @@ def rank_sources_command(cli):
     @_metrics_option([n for n, m in MEASURES.items() if not m.paired], "cosine-mean",
                      "Similarity measure(s); the first one orders the ranking.")
     @click.option("--gamma", type=float, default=None, help="EMD gamma (default 0.01).")
+    @skip_nonfinite_flag
     @run_options
     @cache_option
     @json_option
     @csv_option
     def rank_sources(target, sources, model, layer, pool, normalize, weights, metrics,
-                     gamma, cache, as_json, as_csv, run):
+                     gamma, skip_nonfinite, cache, as_json, as_csv, run):
         """Rank candidate source datasets by their similarity to TARGET, most similar first.
 
         Each source stands for the model one would train on it: the closer it is to the
@@ -158,7 +167,8 @@ def rank_sources_command(cli):
             raise click.UsageError("name the candidate sources: --sources S1 S2 ...")
         names = [n for n in metric_names(metrics) if not MEASURES[n].paired]
         sets = _embed_all([target, *candidates], model,
-                          _extract_options(layer, pool, normalize, weights, cache, run))
+                          _extract_options(layer, pool, normalize, weights, cache, run),
+                          skip_nonfinite)
         target_name, *source_names = list(sets)
         options = {"gamma": gamma} if gamma is not None else {}
         rows = rank(sets[target_name], {n: sets[n] for n in source_names}, names, **options)

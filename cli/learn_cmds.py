@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from embedkit.cli.common import cache_option, choice, device_option, emit_json, figure_path, \
-    json_option, model_options, quiet_option, run_options, table
+    json_option, model_options, quiet_option, run_options, skip_nonfinite_option, table
 from embedkit.classify import DEFAULT_CV
 from embedkit.finetune import DEFAULTS
 from embedkit.options import AUGMENT_MODES, CLASSIFIER_NAMES, OPTIMIZERS, PROJECTIONS, \
@@ -63,6 +63,7 @@ def _skops_path(ctx, param, value: str) -> str:
 @click.option("--label", "labels", multiple=True,
               help="Label column(s) to learn, one head each (default: all label columns).")
 @click.option("--jobs", type=int, default=None, help="Parallel fits in the grid search.")
+@skip_nonfinite_option("features_or_dataset")
 @run_options
 @cache_option
 @json_option
@@ -241,6 +242,7 @@ def _write_rows(rows: list[dict], path: Path, suffix: str):
               show_default=True, help="2-D projection (umap needs: pip install 'embedkit[umap]').")
 @click.option("--label", default=None, help="Label column that colours the points.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@skip_nonfinite_option("features")
 @run_options
 @cache_option
 def plot(features, model, layer, pool, normalize, weights, output, method, label, seed, cache,
