@@ -19,6 +19,7 @@ from PIL import Image
 import embedkit
 from embedkit.cli.main import cli
 from embedkit.inputs import open_dataset
+import hung
 from one_line_error import assert_one_line_error
 
 
@@ -132,8 +133,8 @@ main()
 def test_a_file_size_limit_is_one_line(tmp_path):
     texts = tmp_path / "t.txt"
     texts.write_text("".join(f"the cat number {i} sat on the mat\n" for i in range(400)))
-    proc = subprocess.run([sys.executable, "-c", FSIZE, str(texts), str(tmp_path / "c")],
-                          capture_output=True, text=True, timeout=300)
+    proc = hung.run([sys.executable, "-c", FSIZE, str(texts), str(tmp_path / "c")],
+                    capture_output=True, text=True)
     line = assert_one_line_error(proc, 1)
     assert "cache database error" in line or "too large" in line.lower(), line
 
@@ -312,8 +313,8 @@ def test_a_10mb_line_needs_megabytes_not_gigabytes(tmp_path):
     (tmp_path / "small.txt").write_text("the cat sat\n")
     peak = {}
     for name in ("small", "big"):
-        out = subprocess.run([sys.executable, "-c", MEMORY, str(tmp_path / f"{name}.txt"),
-                              str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+        out = hung.run([sys.executable, "-c", MEMORY, str(tmp_path / f"{name}.txt"),
+                        str(tmp_path / name)], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         peak[name] = int(out.stdout.split()[-1]) / 1024  # MB
     assert peak["big"] - peak["small"] < 400, peak

@@ -6,12 +6,11 @@ small machine.  The killed job runs in a process group of its own, SIGKILLed wit
 
 from __future__ import annotations
 
-import faulthandler
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -19,18 +18,9 @@ import pytest
 import embedkit
 from embedkit.errors import MissingExtra, UsageError
 from embedkit.distributed import plan_workers
-from embedkit.store import Store
+from embedkit.store import TMP_PREFIX, Store, read_shard
+from hung import wait_until
 from one_line_error import assert_one_line_error
-
-
-
-@pytest.fixture(autouse=True)
-def deadline():
-    """A hung Ray job (an actor waiting for resources that never come) ends the test run with
-    a traceback after 180 s instead of blocking it."""
-    faulthandler.dump_traceback_later(180, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
 
 TEXTS = ["the cat sat on the mat", "qzxqzx vrrkt", "kings and queens", "a dog ran home",
          "the stock market fell", "rain in spain"] * 2
@@ -113,28 +103,41 @@ def test_strict_stops_at_the_first_bad_item(ray_session, plain, tmp_path):
 
 def test_a_killed_ray_job_resumes_from_its_finished_batches(ray_session, plain, digits,
                                                             tmp_path):
-    """The CLI job is killed (SIGKILL, with its local Ray) once its first shard is on disk;
-    the next run absorbs what the finished batches wrote and computes only the rest."""
-    cache = tmp_path / "cache"
-    job = subprocess.Popen(
-        [sys.executable, "-c", "from embedkit.cli.main import main; main()", "extract",
-         str(digits), "--engine", "ray", "--batch-size", "1", "--cache", str(cache)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    """The CLI job is killed (SIGKILL, with its local Ray) once a shard of it is on disk;
+    the next run absorbs every row the finished batches wrote and computes only the rest.
+    Where the kill lands (after one shard, several, or the end) is the machine's business:
+    the outcome is checked, not the moment."""
+    cache, log = tmp_path / "cache", tmp_path / "job.log"
+    with open(log, "wb") as stderr:  # a file, not a pipe: a full pipe would stall the job
+        job = subprocess.Popen(
+            [sys.executable, "-c", "from embedkit.cli.main import main; main()", "extract",
+             str(digits), "--engine", "ray", "--batch-size", "1", "--cache", str(cache)],
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not list((cache / "shards").glob("*.parquet")):
-            assert job.poll() is None, "the job ended before writing a shard"
-            assert time.monotonic() < deadline, "no shard within 120 s"
-            time.sleep(0.05)
+        wait_until(lambda: job.poll() is not None or _published(cache / "shards"),
+                   "a shard of the job, or its end")
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a job that finished took its Ray along
+            os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+    assert job.returncode in (0, -signal.SIGKILL), log.read_text()[-2000:]
+    finished = _published_keys(cache / "shards")
+    assert finished, "the job had written a shard when it was killed"
     resumed = embedkit.extract(digits, "efficientnet_lite0", cache=cache, engine="ray",
                                batch_size=8, progress=False)
     s = resumed.summary
-    assert s.cache_hits >= 8 and s.cache_hits + s.computed == len(resumed) == 15
+    assert (s.cache_hits, s.computed) == (len(finished), 15 - len(finished))
     _same(resumed, plain["images"])
     assert not Store(cache).verify()
+
+
+def _published(shards) -> list:
+    return [p for p in shards.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)]
+
+
+def _published_keys(shards) -> set[str]:
+    """The content keys of every row the killed job's finished batches published."""
+    return {key for path in _published(shards) for key in read_shard(path).contents}
 
 
 def test_without_ray_the_engine_says_how_to_install_it(plain, monkeypatch):

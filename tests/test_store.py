@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from embedkit.store import TMP_PREFIX, Store, read_shard
+from hung import communicate
 
 FP = "f" * 32
 
@@ -194,7 +195,9 @@ def test_concurrent_writers_never_corrupt(tmp_path):
     root = tmp_path / "s"
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), tag])
              for tag in ("a", "b", "c")]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    for p in procs:
+        communicate(p)
+    assert [p.returncode for p in procs] == [0, 0, 0]
     with Store(root) as s:
         assert s.verify() == []
         keys = [f"{t}{i}" for t in "abc" for i in range(40)]
@@ -241,7 +244,7 @@ def test_processes_opening_a_new_cache_together(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), str(i),
                                str(processes), str(trials)], stdout=subprocess.PIPE, text=True)
              for i in range(processes)]
-    errors = [line for p in procs for line in p.communicate(timeout=300)[0].splitlines()]
+    errors = [line for p in procs for line in communicate(p)[0].splitlines()]
     assert errors == [] and [p.returncode for p in procs] == [0] * processes
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from embedkit.cli.main import cli
 from embedkit.embeddings import SavedSet, load_embeddings
 from embedkit.errors import BadInputError
 from embedkit.inputs import TextLines, open_dataset
+import hung
 from one_line_error import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,8 +181,7 @@ def test_jsonl_keeps_separators_that_json_allows_inside_strings(tmp_path):
 
 
 def _peak_mb(code: str, tmp_path) -> float:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=600)
+    out = hung.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 from embedkit.embeddings import EmbeddingSet
 from embedkit.errors import UsageError
+import hung
 
 SECTIONS = ["Verdict", "Warnings", "Dataset similarity", "Model ranking", "Rule of thumb",
             "Classifier", "Embedding map", "Most confused images", "Settings and timings"]
@@ -215,8 +215,8 @@ def test_the_page_is_self_contained(report):
 def test_the_page_in_headless_chromium(report, tmp_path):
     url = report["page"].resolve().as_uri()
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    dom = hung.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True,
+                   check=True).stdout
     s = report["json"]
     assert 'data-ready="1"' in dom  # the script ran to its end: the hover card is wired
     assert dom.count('<circle class="point"') == report["items"] == len(s["map"]["points"])
@@ -232,8 +232,8 @@ def test_the_page_in_headless_chromium(report, tmp_path):
     tau = s["ranking"]["validation"][0]["kendall_tau"]
     assert f"Kendall tau {'n/a' if tau is None else format(tau, '.3f')}" in text
     shot = tmp_path / "study.png"
-    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1280,2400",
-                    url], capture_output=True, timeout=120, check=True)
+    hung.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1280,2400", url],
+             capture_output=True, check=True)
     from PIL import Image
 
     with Image.open(shot) as image:
