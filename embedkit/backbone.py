@@ -28,7 +28,8 @@ __all__ = ["FLATTEN_LIMIT", "RESIZE_LIMIT", "VECTOR_FORMAT_VERSION", "autocast",
            "unknown_options", "WeightsSource", "WrappingBackbone"]
 
 #: Bumped whenever the way vectors are computed or stored changes: old cache entries then miss.
-VECTOR_FORMAT_VERSION = 1
+#: 2: the short-side resize truncates the long side as torchvision and timm do (it rounded).
+VECTOR_FORMAT_VERSION = 2
 
 #: Resizing the short side must not create more pixels than this (extreme aspect ratios).
 RESIZE_LIMIT = 16_000_000
@@ -303,6 +304,16 @@ class ImagePreprocess:
         return cls(int(input_size), int(math.floor(input_size / crop_pct)), tuple(mean),
                    tuple(std), interpolation)
 
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) once the short side is resized to `resize_size`: the long side is
+        truncated, `int(resize_size * long / short)`, as torchvision's `Resize(int)` computes
+        it; timm's eval transform uses that same Resize for the square inputs embedkit takes.
+        Rounding it (embedkit up to vector format 1) made about half of all non-square images
+        one pixel longer than both libraries make them, and changed their vectors."""
+        short, long = sorted((width, height))
+        new_long = int(self.resize_size * long / short)
+        return (self.resize_size, new_long) if width <= height else (new_long, self.resize_size)
+
     def __call__(self, image):
         """PIL RGB image -> float32 tensor [3, input_size, input_size]."""
         import torch
@@ -311,8 +322,7 @@ class ImagePreprocess:
         resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
                     "nearest": Image.NEAREST}[self.interpolation]
         w, h = image.size
-        scale = self.resize_size / min(w, h)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        nw, nh = self.resized_size(w, h)
         if nw * nh > RESIZE_LIMIT:  # a 20000x1 strip would become 5,120,000 x 256 pixels
             raise BadInputError(
                 f"{w}x{h} image: its aspect ratio is too extreme to resize to "

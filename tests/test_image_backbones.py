@@ -89,6 +89,41 @@ def test_lite_variants_use_their_own_input_sizes():
                                                                 "bicubic", 256)
 
 
+def _library_transform(name: str):
+    """The eval transform of the library `name`'s weights come from, built by that library
+    from the same numbers embedkit reads."""
+    if name.startswith("timm/"):
+        import timm
+        from timm.data import create_transform, resolve_data_config
+
+        cfg = timm.models.get_pretrained_cfg(name[len("timm/"):]).to_dict()
+        return create_transform(**resolve_data_config(pretrained_cfg=cfg))
+    if name.startswith("efficientnet_lite"):  # timm's transform with the README's numbers
+        from timm.data import create_transform
+
+        return create_transform(224, crop_pct=0.875, interpolation="bicubic",
+                                mean=(0.5,) * 3, std=(0.5,) * 3)
+    from torchvision import models
+
+    return models.get_model_weights(name).DEFAULT.transforms()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0",
+                                  "efficientnet_v2_s", "regnet_x_400mf", "timm/resnet10t",
+                                  "efficientnet_lite0"])
+def test_preprocessing_equals_the_libraries_own_transform_on_non_square_images(name):
+    """torchvision's `Resize(int)` (which timm's center-crop eval transform uses too) truncates
+    the long side: int(size * long / short).  At 50x37 and 37x50 the long side's fractional
+    part is at least 0.5 for every resize size here (256, 236, 384, 232, 201), so rounding it
+    would make each image a pixel longer than the library makes it."""
+    rng = np.random.default_rng(0)
+    ours, theirs = create_backbone(name).preprocessing, _library_transform(name)
+    for size in ((50, 37), (37, 50)):
+        image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        np.testing.assert_allclose(ours(image), theirs(image), rtol=0, atol=1e-5,
+                                   err_msg=f"{name}, {size[0]}x{size[1]} image")
+
+
 # -- torchvision: the real resolution code, fed with local files ---------------------------
 
 @pytest.fixture
@@ -138,14 +173,27 @@ def test_explicit_weights_file_and_its_identity(tmp_path, torch_home):
         create_backbone("resnet18", weights=str(tmp_path / "nope.pth"))
 
 
-def test_timm_model_from_a_local_file(tmp_path, chelsea_coffee):
+def test_timm_model_from_a_local_file_gives_timms_features_for_non_square_photos(
+        tmp_path, chelsea_coffee):
+    """Landscape photos, not cropped square: timm's own eval transform and pre-logits features
+    for the same weights.  chelsea trimmed to 449x300 has a long side of 300.83 px at
+    resnet10t's resize of 201: timm truncates it to 300, as embedkit must (rounding made it
+    301)."""
     import timm
+    from timm.data import create_transform, resolve_model_data_config
 
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False).eval()
     path = tmp_path / "tiny.pth"
-    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), path)
+    torch.save(model.state_dict(), path)
     backbone = create_backbone("timm/resnet10t", weights=str(path))
-    out = backbone.embed(_batch(backbone, chelsea_coffee))
-    assert out.shape == (2, backbone.dim) and np.isfinite(out).all()
+    transform = create_transform(**resolve_model_data_config(model))
+    photos = [chelsea_coffee[0][:, :449], chelsea_coffee[1]]
+    with torch.no_grad():
+        timm_input = torch.stack([transform(Image.fromarray(a)) for a in photos])
+        expected = model.forward_head(model.forward_features(timm_input), pre_logits=True)
+    np.testing.assert_allclose(backbone.embed(_batch(backbone, photos)), expected,
+                               rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     with pytest.raises(NotFoundError, match="timm/resnet10t"):
         create_backbone("timm/resnet10")
 
