@@ -39,26 +39,28 @@ works wherever a model name does, with a fingerprint of its own (from the weight
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from .errors import (BadInputError, EmbedkitError, NotFoundError, UsageError,
+from .errors import (BadInputError, BadWeights, EmbedkitError, NotFoundError, UsageError,
                      WeightsUnavailable)
 from .files import atomic_write
-from .options import OPTIMIZERS
+from .options import OPTIMIZERS, POOLINGS
 
 __all__ = ["CHECKPOINT_FILE", "DEFAULTS", "SPEC_FILE", "SPEC_FORMAT", "WEIGHTS_FILE", "finetune",
-           "FinetuneOptions", "is_finetuned", "make_net", "param_groups", "predictions",
-           "read_checkpoint", "read_spec", "resized", "trace_units", "tuned_state_keys",
-           "tuned_units"]
+           "FinetunedFolder", "FinetuneOptions", "is_finetuned", "make_net", "net_spec_for",
+           "param_groups", "predictions", "read_checkpoint", "read_folder", "read_spec",
+           "resized", "trace_units", "tuned_state_keys", "tuned_units"]
 
 SPEC_FILE = "finetune.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -192,6 +194,23 @@ def _net_class():
     return FinetunedNet
 
 
+def net_spec_for(base, classes: list[str]) -> dict:
+    """finetune.json's "net" for a head over `classes` on `base` (a TorchImageBackbone at its
+    layer and pooling): the base's own classifier module (replaced), the module the head reads and
+    how, its pooling and width, and the block modules up to it (the units fine-tuning can tune).
+    Fine-tuning writes it and reading a folder back compares it, so the two cannot disagree."""
+    info = base.layer_info()
+    names = [n for n in base.layers()[1:] if n != "logits"]
+    if base.layer != "pre_logits":
+        names = names[:names.index(base.layer) + 1]
+    reading = info[base.layer]
+    return {"classifier": info["pre_logits"].module, "module": reading.module,
+            "hook": reading.hook,
+            "pool": None if base.layer == "pre_logits" else (base.pool or "avg"),
+            "in_features": base.dim, "blocks": [info[n].module for n in names],
+            "classes": list(classes)}
+
+
 def make_net(body, net_spec: dict):
     """The fine-tuning network around `body` as `net_spec` (finetune.json's "net") describes it:
     the source classifier replaced by an identity (its weights are never used), a hook on the
@@ -323,6 +342,191 @@ def _data_hash(ids, labels) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# What is read back (finetune.json, the weights, a checkpoint) is checked before anything is
+# built from it: one schema per JSON record, every field declared once with its type and range
+# (the refusal is generated from the declaration), no field that is not declared; a safetensors
+# file of the folder's own whose tensors are exactly the network's.  A file that fails is
+# refused in one line naming it, the field and what to do: exit 5 (BadInputError) for a record,
+# exit 4 (BadWeights) for a weights or checkpoint file that cannot be used.
+
+_START_OVER = "delete it to start over"
+#: ImagePreprocess's resampling filters
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+#: Larger than any network's input side: a tampered size cannot make each image gigabytes.
+_MAX_SIDE = 8192
+
+
+def _again(folder) -> str:
+    return f"fine-tune again (embedkit finetune DATA -o {folder})"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What one field may hold: `test` says whether a value fits, `expected` says so in words."""
+
+    expected: str
+    test: Callable[[Any], bool]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _integer(low: int, high: int | None = None) -> _Rule:
+    words = f"a whole number from {low} to {high}" if high else f"a whole number >= {low}"
+    return _Rule(words, lambda v: _is_int(v) and v >= low and (high is None or v <= high))
+
+
+def _one_of(*values) -> _Rule:
+    return _Rule(" or ".join(json.dumps(v) for v in values),
+                 lambda v: (v is None or isinstance(v, str)) and v in values)
+
+
+def _list_of(rule: _Rule) -> _Rule:
+    return _Rule(f"a list, each {rule.expected}",
+                 lambda v: isinstance(v, list) and all(map(rule.test, v)))
+
+
+def _same_layout(value, like) -> bool:
+    """Whether the JSON `value` is laid out as `like`: the same keys and list lengths, and a
+    number, string, boolean or null where `like` has one."""
+    if isinstance(like, dict):
+        return (isinstance(value, dict) and value.keys() == like.keys()
+                and all(_same_layout(value[k], like[k]) for k in like))
+    if isinstance(like, (list, tuple)):
+        return (isinstance(value, list) and len(value) == len(like)
+                and all(map(_same_layout, value, like)))
+    if like is None or isinstance(like, (bool, str)):
+        return type(value) is type(like)
+    return _is_number(value)
+
+
+def _laid_out_like(like, words: str) -> _Rule:
+    """JSON laid out as `like` (this run's own state, e.g. its optimizer's groups)."""
+    return _Rule(words, lambda v: _same_layout(v, like))
+
+
+_ANY = _Rule("any value", lambda v: True)
+_OBJECT = _Rule("an object", lambda v: isinstance(v, dict))
+_NUMBER = _Rule("a finite number", _is_number)
+_TEXT = _Rule("a non-empty string", lambda v: isinstance(v, str) and v != "")
+_MODULE = _Rule("a dotted module name", lambda v: isinstance(v, str) and all(
+    part.isidentifier() or part.isdigit() for part in v.split(".")))
+_CLASSES = _Rule("a list of at least 2 distinct class names", lambda v: (
+    isinstance(v, list) and len(v) >= 2 and all(map(_TEXT.test, v)) and len(set(v)) == len(v)))
+_MEAN = _Rule("a list of 3 numbers", lambda v: (
+    isinstance(v, list) and len(v) == 3 and all(map(_is_number, v))))
+_STD = _Rule("a list of 3 positive numbers", lambda v: _MEAN.test(v) and min(v) > 0)
+_POOL = _one_of(None, *POOLINGS)
+
+#: finetune.json (`_Run.save` writes it)
+_SPEC_SCHEMA = {
+    "format": _one_of("embedkit-finetune"),
+    "version": _Rule(str(SPEC_FORMAT), lambda v: _is_int(v) and v == SPEC_FORMAT),
+    "embedkit": _TEXT,
+    "base": {"model": _TEXT, "family": _TEXT, "fingerprint": _TEXT, "layer": _TEXT,
+             "pool": _POOL},
+    "net": {"classifier": _MODULE, "module": _MODULE, "hook": _one_of("input", "output"),
+            "pool": _POOL, "in_features": _integer(1), "blocks": _list_of(_MODULE),
+            "classes": _CLASSES},
+    "preprocessing": {"input_size": _integer(32, _MAX_SIDE),
+                      "resize_size": _integer(32, _MAX_SIDE), "mean": _MEAN, "std": _STD,
+                      "interpolation": _one_of(*_INTERPOLATIONS)},
+    "task": _TEXT,
+    "classes": _CLASSES,
+    "training": _OBJECT,  # the record of the run: read by people, not by embedkit
+}
+
+#: one entry of a checkpoint's "history" (`_Run.fit` appends it), and its "best"
+_EPOCH = _Rule("an epoch record of epoch, train_loss, val_loss and val_accuracy", lambda v: (
+    isinstance(v, dict) and _misfit(v, {"epoch": _integer(1), "train_loss": _NUMBER,
+                                        "val_loss": _NUMBER, "val_accuracy": _NUMBER}) is None))
+
+
+def _shown(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _misfit(record: dict, schema: dict, prefix: str = "") -> str | None:
+    """Why `record` does not follow `schema` (field -> _Rule, or the schema of an object), or
+    None: the first field that is not declared, missing, or not of its type and range."""
+    unknown = [key for key in record if key not in schema]
+    if unknown:
+        return f"unknown field '{prefix}{unknown[0]}'"
+    for key, rule in schema.items():
+        name, value = prefix + key, record.get(key)
+        if key not in record:
+            return f"'{name}' is missing"
+        if isinstance(rule, dict):
+            if not isinstance(value, dict):
+                return f"'{name}' is {_shown(value)}, expected an object of {', '.join(rule)}"
+            problem = _misfit(value, rule, f"{name}.")
+            if problem:
+                return problem
+        elif not rule.test(value):
+            return f"'{name}' is {_shown(value)}, expected {rule.expected}"
+    return None
+
+
+def _check_record(record: dict, schema: dict, where, then: str):
+    problem = _misfit(record, schema)
+    if problem:
+        raise BadInputError(f"{where}: {problem}; {then}")
+
+
+def _own_file(path: Path, refused: type[EmbedkitError], then: str):
+    """Refuse `path` unless it is a regular file inside its folder.  A link to another file of
+    the folder is fine: the folder still holds everything it means, and moves and copies
+    whole.  A link out of it is not: the folder would then stand for a file elsewhere that can
+    change or go without it (or a device or pipe that never ends)."""
+    real, folder = Path(os.path.realpath(path)), Path(os.path.realpath(path.parent))
+    if folder not in real.parents:
+        raise refused(f"{path}: refused: a link to {real}, outside the folder; put the file "
+                      f"itself in its place, or {then}")
+    if not real.is_file():  # also a link to a missing file, or a loop of links
+        raise refused(f"{path}: refused: not a regular file; {then}")
+
+
+@contextlib.contextmanager
+def _safetensors(path: Path, then: str):
+    """`path` open as a safetensors file, one of its folder's own: anything else (a pickle, a
+    truncated or empty file) is refused, and nothing of it is interpreted but its header."""
+    from safetensors import safe_open
+
+    _own_file(path, BadWeights, then)
+    try:
+        with safe_open(str(path), "pt") as f:
+            yield f
+    except Exception as exc:  # noqa: BLE001 - SafetensorError (its only class) or OSError
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BadWeights(f"{path}: refused: not a complete safetensors file ({reason}); "
+                         f"{then}") from None
+
+
+def _check_tensors(where, found: dict, expected: dict, then: str, optional=()):
+    """Refuse (BadWeights) a file whose tensors (name -> layout) are not `expected` (name ->
+    layout, None for any), leaving out only names in `optional`."""
+    problems = [f"{k} is missing" for k in expected if k not in found and k not in optional]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k} is {found[k]}, expected {expected[k]}" for k in found
+                 if expected.get(k) is not None and found[k] != expected[k]]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise BadWeights(f"{where}: refused: its tensors do not fit the network "
+                         f"({'; '.join(problems[:3])}{more}); {then}")
+
+
+def _layout(tensor) -> str:
+    return f"{str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}"
+
+
+# --------------------------------------------------------------------------------------------
 # Checkpoints: one safetensors file per epoch, written atomically
 
 
@@ -339,19 +543,26 @@ def _write_json(path: Path, data: dict):
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
-    """(tensors, metadata) of a checkpoint file."""
-    from safetensors import safe_open
-
+    """(tensors, metadata) of a checkpoint file: a safetensors file of its folder's own (else
+    BadWeights) whose metadata holds a JSON object (else BadInputError).  What they hold is
+    checked against the run that resumes them (`_Run._restore`) before any of it is used."""
+    path = Path(path)
+    with _safetensors(path, _START_OVER) as f:
+        record = (f.metadata() or {}).get("embedkit")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("embedkit") or "null")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise BadInputError(f"{path}: unreadable checkpoint ({exc}); delete it to start "
-                            "over") from None
+        meta = json.loads(record or "null")
+    except ValueError:
+        meta = None
     if not isinstance(meta, dict):
-        raise BadInputError(f"{path}: not an embedkit fine-tuning checkpoint")
+        raise BadInputError(f"{path}: not an embedkit fine-tuning checkpoint (no JSON record in "
+                            f"its metadata); {_START_OVER}")
     return tensors, meta
+
+
+#: the state AdamW and SGD keep per parameter, as `_optimizer_tensors` writes it ("step" is a
+#: scalar, the others have the parameter's shape)
+_OPTIMIZER_STATE = {"adamw": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict, list[dict]]:
@@ -458,6 +669,8 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
         check_options(probe)
     out = Path(output)
     _check_output(out, resume)
+    # a checkpoint that is no safetensors file is refused before anything is built
+    checkpoint = read_checkpoint(out / CHECKPOINT_FILE) if resume else None
     ds = open_dataset(dataset, label=label)
     if ds.modality != "image":
         raise UsageError(f"{ds.shown} holds {ds.modality}s; fine-tuning trains image networks")
@@ -488,7 +701,7 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
     dev = pick_device(device)
     run = _Run(base, plan, options, dev, items, np.asarray([classes.index(str(v)) for v in y]),
                train_rows, val_rows, out, workers, progress)
-    run.fit(resume)
+    run.fit(checkpoint)
     record = run.save()
     record["train_seconds"] = round(time.perf_counter() - started, 1)  # this session's part
     if compare_probe:
@@ -546,16 +759,8 @@ class _Run:
         self.train_rows, self.val_rows = train_rows, val_rows
         self.out, self.progress = out, progress
         self.workers = workers if workers is not None else (0 if device == "cpu" else 4)
-        info = base.layer_info()
-        names = [n for n in base.layers()[1:] if n != "logits"]
-        if base.layer != "pre_logits":
-            names = names[:names.index(base.layer) + 1]
-        self.blocks = [info[n].module for n in names]
-        reading = info[base.layer]
-        self.net_spec = {"classifier": info["pre_logits"].module, "module": reading.module,
-                         "hook": reading.hook, "pool": None if base.layer == "pre_logits"
-                         else (base.pool or "avg"), "in_features": base.dim,
-                         "blocks": self.blocks, "classes": plan.classes}
+        self.net_spec = net_spec_for(base, plan.classes)
+        self.blocks = self.net_spec["blocks"]
         torch.manual_seed(options.seed)  # the head's initialisation
         self.net = make_net(copy.deepcopy(base.model).cpu(), self.net_spec)
         self.units = trace_units(self.net, self.blocks, base.preprocessing.input_size)
@@ -592,11 +797,13 @@ class _Run:
         self.best_state: dict | None = None
 
     # -- the loop ----------------------------------------------------------------------------
-    def fit(self, resume: bool):
+    def fit(self, checkpoint: tuple[dict, dict] | None):
+        """Train from the start, or from `checkpoint` (`read_checkpoint`'s tensors and
+        metadata), to the last epoch or an early stop."""
         for stray in self.out.glob(f".{CHECKPOINT_FILE}.*"):
             stray.unlink(missing_ok=True)  # left by a run killed while writing
-        if resume:
-            self._restore()
+        if checkpoint is not None:
+            self._restore(*checkpoint)
         self.out.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.o.epochs and not self._stopped():
             loss = self._train_epoch()
@@ -710,19 +917,24 @@ class _Run:
                 "scheduler": self.scheduler.state_dict()}
         _write_safetensors(self.out / CHECKPOINT_FILE, tensors, meta)
 
-    def _restore(self):
+    def _restore(self, tensors: dict, meta: dict):
+        """Continue from a checkpoint once its metadata follows this run's schema, its plan is
+        this run's, and its tensors are this run's (nothing of it is used before)."""
         import torch
 
-        tensors, meta = read_checkpoint(self.out / CHECKPOINT_FILE)
-        saved = meta.get("plan") or {}
-        mine = asdict(self.plan)
-        changed = [k for k in mine if k != "options" and saved.get(k) != mine[k]]
+        path = self.out / CHECKPOINT_FILE
+        _check_record(meta, self._checkpoint_schema(), path, _START_OVER)
+        saved, mine = meta["plan"], asdict(self.plan)
+        changed = [k for k in mine if k != "options" and saved[k] != mine[k]]
         changed += [f"--{k.replace('_', '-')}" for k, v in mine["options"].items()
-                    if (saved.get("options") or {}).get(k) != v]
+                    if saved["options"].get(k) != v]
         if changed:
             raise UsageError(f"{self.out}: the checkpoint was made with other settings "
                              f"({', '.join(changed)} differ); resume with the same command, or "
                              "delete the folder to start over")
+        expected, optional = self._checkpoint_tensors(tensors)
+        _check_tensors(path, {k: _layout(v) for k, v in tensors.items()}, expected, _START_OVER,
+                       optional)
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net/")},
                                  strict=False)
         self.best_state = {k[5:]: v.to(self.device) for k, v in tensors.items()
@@ -734,6 +946,37 @@ class _Run:
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         self.epoch, self.history = meta["epoch"], meta["history"]
         self.best, self.stale = meta["best"], meta["stale"]
+
+    def _checkpoint_schema(self) -> dict:
+        """The metadata `_checkpoint` writes for this run, each field's type and range; the
+        optimizer's groups and the schedule laid out as this run's own."""
+        return {"plan": {**{f.name: _ANY for f in fields(_Plan)}, "options": _OBJECT},
+                "epoch": _integer(1), "history": _list_of(_EPOCH), "best": _EPOCH,
+                "stale": _integer(0),
+                "param_groups": _laid_out_like(_optimizer_tensors(self.optimizer)[1],
+                                               "this run's optimizer groups"),
+                "scheduler": _laid_out_like(self.scheduler.state_dict(),
+                                            "this run's learning-rate schedule")}
+
+    def _checkpoint_tensors(self, found: dict) -> tuple[dict, set]:
+        """(the tensors of this run's checkpoints, name -> layout; those that may be absent):
+        the tuned state now and at the best epoch and the random state are always there; the
+        optimizer's state of a parameter is there whole or not at all (a parameter without a
+        gradient yet has none), the CUDA random state where the run had a GPU (any layout)."""
+        import torch
+
+        tuned = {k: _layout(v) for k, v in self._tuned_state().items()}
+        expected = {**{f"net/{k}": v for k, v in tuned.items()},
+                    **{f"best/{k}": v for k, v in tuned.items()},
+                    "rng/torch": _layout(torch.get_rng_state()),
+                    "rng/cuda": (_layout(torch.cuda.get_rng_state())
+                                 if torch.cuda.is_available() else None)}
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        state = {f"optim/{i}/{name}": _layout(torch.tensor(0.0) if name == "step" else p)
+                 for i, p in enumerate(params) for name in _OPTIMIZER_STATE[self.o.optimizer]}
+        started = {k.rsplit("/", 1)[0] for k in found if k.startswith("optim/")}
+        optional = {"rng/cuda"} | {k for k in state if k.rsplit("/", 1)[0] not in started}
+        return {**expected, **state}, optional
 
     # -- the result --------------------------------------------------------------------------
     def save(self) -> dict:
@@ -791,11 +1034,14 @@ def _probe_accuracy(ds, base, items, train_rows, val_rows, task, classifier, see
 
 
 def read_spec(folder) -> dict:
+    """finetune.json of a fine-tuned folder, held to its schema (`_SPEC_SCHEMA`): a file that is
+    not what `embedkit finetune` writes is refused in one line (exit 5) naming the field."""
     path = Path(folder) / SPEC_FILE
+    if not os.path.lexists(path):
+        raise NotFoundError(f"{folder}: not a fine-tuned backbone (no {SPEC_FILE})")
+    _own_file(path, BadInputError, _again(folder))
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NotFoundError(f"{folder}: not a fine-tuned backbone (no {SPEC_FILE})") from None
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path}: unreadable ({exc})") from None
     if not isinstance(spec, dict) or spec.get("format") != "embedkit-finetune":
@@ -803,7 +1049,80 @@ def read_spec(folder) -> dict:
     if spec.get("version") != SPEC_FORMAT:
         raise BadInputError(f"{path}: spec version {spec.get('version')}, this embedkit reads "
                             f"{SPEC_FORMAT}; fine-tune again with this version")
+    _check_record(spec, _SPEC_SCHEMA, path, _again(folder))
     return spec
+
+
+@dataclass(frozen=True)
+class FinetunedFolder:
+    """A fine-tuned folder read back and checked before anything is built from it (`read_folder`):
+    its spec, its base backbone at the folder's layer, pooling and preprocessing (the
+    architecture: the base's weights are never read), and the shape of every tensor in its
+    weights file's header (None: the folder has no weights file)."""
+
+    path: Path
+    spec: dict
+    base: Any
+    shapes: dict[str, list[int]] | None
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    def load_weights(self, net):
+        """Load the weights into `net` (built from this folder, its own tensors not yet
+        loaded) once the file's tensor names and shapes are exactly the net's."""
+        from .backbone import load_state_dict_file
+
+        expected = {k: list(v.shape) for k, v in net.state_dict().items()}
+        _check_tensors(self.weights, self.shapes, expected, _again(self.path))
+        net.load_state_dict(load_state_dict_file(str(self.weights)))
+
+
+def read_folder(folder) -> FinetunedFolder:
+    """A fine-tuned folder, every file checked before anything is built from it: finetune.json
+    (`read_spec`), the base it names (`_base_of`), and the weights: a complete safetensors file
+    of the folder's own (the tensors it holds are compared with the network before they load)."""
+    folder = Path(folder)
+    spec = read_spec(folder)
+    base = _base_of(spec, folder / SPEC_FILE, _again(folder))
+    shapes = None
+    if os.path.lexists(folder / WEIGHTS_FILE):
+        with _safetensors(folder / WEIGHTS_FILE, _again(folder)) as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    return FinetunedFolder(folder, spec, base, shapes)
+
+
+def _base_of(spec: dict, where: Path, then: str):
+    """The base backbone a spec names, at its layer, pooling and preprocessing; refused unless
+    it is a torch image network and the spec's "net" is what fine-tuning it writes
+    (`net_spec_for`): the head replaces the base's own classifier module and reads the base's
+    own block, never any other attribute."""
+    from .backbone import ImagePreprocess, TorchImageBackbone
+    from .registry import create_backbone
+
+    recorded = spec["base"]
+    try:
+        base = create_backbone(recorded["model"])
+        if isinstance(base, TorchImageBackbone):
+            base = create_backbone(recorded["model"], layer=recorded["layer"],
+                                   pool=recorded["pool"])
+    except EmbedkitError as exc:  # an unknown model or layer keeps its exit code (3, or 7)
+        exc.args = (f"{where}: base: {exc}",)
+        raise
+    if not isinstance(base, TorchImageBackbone):
+        raise BadInputError(f"{where}: 'base.model' is {_shown(recorded['model'])}, a "
+                            f"{base.modality} model, not a torch image network; {then}")
+    pre = spec["preprocessing"]
+    base.preprocessing = ImagePreprocess(**{**pre, "mean": tuple(pre["mean"]),
+                                            "std": tuple(pre["std"])})
+    for key, value in net_spec_for(base, spec["classes"]).items():
+        if spec["net"][key] != value:
+            raise BadInputError(
+                f"{where}: 'net.{key}' is {_shown(spec['net'][key])}, but "
+                f"{recorded['model']} fine-tuned at layer {base.layer} has {_shown(value)}; "
+                f"{then}")
+    return base
 
 
 def is_finetuned(path) -> bool:

@@ -6,6 +6,10 @@ training record).  As a backbone it is read like any torch image network: `pre_l
 features the new head reads (the default), the base's block layers up to that layer are there
 under `body.` (`embedkit layers OUT/`), and `logits` are the new head's class scores.
 
+The folder is checked before anything is built from it (`embedkit.finetune.read_folder`):
+finetune.json against its schema, its base against the registry, the weights' tensor names and
+shapes against the network; what fails is refused in one line.
+
 Its fingerprint comes from the weights file's sha256 (plus layer, pooling and preprocessing),
 not from the folder's location: its vectors cache apart from the base model's, and a moved
 folder still hits the cache.
@@ -16,11 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
-                               WeightsSource, _layer_shape_cache, file_sha256, fingerprint_of,
-                               unknown_options)
+from embedkit.backbone import (BackboneFamily, TorchImageBackbone, WeightsSource,
+                               _layer_shape_cache, file_sha256, fingerprint_of, unknown_options)
 from embedkit.errors import WeightsUnavailable
-from embedkit.finetune import WEIGHTS_FILE, is_finetuned, make_net, read_spec
+from embedkit.finetune import is_finetuned, make_net, read_folder
 
 OPTIONS = ("layer", "pool", "normalize")
 
@@ -56,37 +59,31 @@ class FinetunedFamily(BackboneFamily):
         return is_finetuned(name)
 
     def create(self, name, **options):
-        from embedkit.registry import create_backbone
-
         unknown_options(name, options, OPTIONS)
-        folder = os.path.abspath(name)
-        spec = read_spec(folder)
-        path = os.path.join(folder, WEIGHTS_FILE)
-        available = os.path.isfile(path)
+        # every file of the folder is checked before anything is built from it
+        folder = read_folder(os.path.abspath(name))
+        spec, base, path = folder.spec, folder.base, str(folder.weights)
+        available = folder.shapes is not None
         source = WeightsSource(
             description=f"fine-tuned {spec['base']['model']} ({len(spec['classes'])} classes)",
             available=available, path=path if available else None,
             hint=f"{path} is missing; fine-tune again (embedkit finetune ... -o {name})")
-        base_model = spec["base"]["model"]
-        base = create_backbone(base_model)  # the architecture only: its weights are not read
         net_spec = spec["net"]
 
         def build():
+            # the base's architecture only: its weights are not read
             return make_net(base._build(), net_spec)
 
         def load_weights(model):
             if not available:
                 raise WeightsUnavailable(f"no weights for {name}: {source.hint}")
-            from safetensors.torch import load_file
+            folder.load_weights(model)
 
-            model.load_state_dict(load_file(path))
-
-        preprocessing = {**spec["preprocessing"]}
-        preprocessing.update(mean=tuple(preprocessing["mean"]), std=tuple(preprocessing["std"]))
         return FinetunedBackbone(
-            folder, spec=spec, family=self.name, build=build, load_weights=load_weights,
+            str(folder.path), spec=spec, family=self.name, build=build,
+            load_weights=load_weights,
             weights_id=f"sha256:{file_sha256(path)}" if available else "missing",
-            source=source, preprocessing=ImagePreprocess(**preprocessing),
+            source=source, preprocessing=base.preprocessing,
             block_modules=lambda model: [f"body.{b}" for b in net_spec["blocks"]],
             classifier_module=lambda model: "head",
             class_names=lambda: spec["classes"], **options)
