@@ -62,15 +62,11 @@ def fitted(paths):
     return EmbeddingTransformer(model="efficientnet_lite0").fit(paths)
 
 
-def test_vectors_equal_the_backbone_applied_by_hand(fitted, paths, lite0):
-    import torch
-
-    from embedkit.inputs import Item
-
+def test_vectors_equal_the_backbone_applied_by_hand(fitted, paths):
     out = fitted.transform(paths[:5])
     assert out.shape == (5, 1280) and out.dtype == np.float32
-    batch = torch.stack([lite0.preprocess(Item(p, path=p)) for p in paths[:5]])
-    np.testing.assert_allclose(out, lite0.embed(batch), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, _features_by_hand(paths[:5], "pre_logits"), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_fit_returns_self_and_leaves_parameters_alone(paths):
@@ -114,15 +110,40 @@ def test_clone_and_pickle_carry_no_torch_module(fitted, paths):
 
 
 def test_grid_search_over_layers_inside_a_pipeline(paths):
+    """The search through the adapter scores, picks and predicts exactly as scikit-learn does on
+    features computed beforehand by each layer's backbone (the reference, without the adapter)."""
     labels = np.asarray([p.split("/")[-2] for p in paths])
     pipe = make_pipeline(EmbeddingTransformer(model="efficientnet_lite0"), SVC(kernel="linear"))
     search = GridSearchCV(pipe, {"embeddingtransformer__layer": ["pre_logits", "blocks.5"],
                                  "svc__C": [0.01, 1.0]}, cv=2, error_score="raise")
     search.fit(paths, labels)
-    assert len(search.cv_results_["params"]) == 4
-    assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
-    assert search.best_score_ > 0.4  # 5 classes: chance is 0.2
-    assert search.predict(paths[:4]).tolist() == list(search.best_estimator_.predict(paths[:4]))
+    features = {layer: _features_by_hand(paths, layer) for layer in ("pre_logits", "blocks.5")}
+    expected = {}
+    for layer, X in features.items():
+        reference = GridSearchCV(SVC(kernel="linear"), {"C": [0.01, 1.0]}, cv=2).fit(X, labels)
+        for params, score in zip(reference.cv_results_["params"],
+                                 reference.cv_results_["mean_test_score"]):
+            expected[layer, params["C"]] = score
+    got = {(p["embeddingtransformer__layer"], p["svc__C"]): score
+           for p, score in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])}
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert search.best_score_ == max(expected.values())
+    best = search.best_params_
+    X = features[best["embeddingtransformer__layer"]]
+    refit = SVC(kernel="linear", C=best["svc__C"]).fit(X, labels)
+    assert search.predict(paths).tolist() == refit.predict(X).tolist()
+
+
+def _features_by_hand(paths, layer) -> np.ndarray:
+    """The layer's vectors from the backbone's own preprocess and embed, in one batch."""
+    import torch
+
+    from embedkit.inputs import Item
+    from embedkit.registry import create_backbone
+
+    backbone = create_backbone("efficientnet_lite0", layer=layer)
+    return np.asarray(backbone.embed(torch.stack([backbone.preprocess(Item(p, path=p))
+                                                  for p in paths])))
 
 
 def test_texts_go_through_the_default_text_model():
