@@ -35,6 +35,9 @@ The output folder holds `model.safetensors` (the whole network with its new head
 `finetune.json` (base architecture and fingerprint, layer, preprocessing, classes, training
 options and history).  `embedkit.plugins.finetuned` makes the folder a backbone: `--model OUT/`
 works wherever a model name does, with a fingerprint of its own (from the weights' sha256).
+What is read back (`read_folder`, `read_checkpoint`) is held to what this module writes before
+anything is built from it: finetune.json and a checkpoint's metadata to declared schemas, the
+base to the registry, the tensors to the network; anything else is refused in one line.
 """
 
 from __future__ import annotations
