@@ -19,6 +19,7 @@ from embedkit.vector_search import (NeighborIndex, blockwise_topk, cosine, measu
 from embedkit.vector_space import VectorSpace, as_space
 from embedkit.wordvector_evaluation import evaluate_analogies, evaluate_word_pairs
 from embedkit.wordvectors import load_glove
+import brute_force
 from one_line_error import assert_one_line_error
 
 
@@ -153,17 +154,21 @@ def test_exact_index_equals_numpy_brute_force_and_approximate_recall_is_measured
     x, _ = make_blobs(n_samples=6000, n_features=24, centers=40, random_state=0)
     unit = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     queries = unit[:50] + 0.01
-    truth = np.argsort(-(queries.astype(np.float64) @ unit.T.astype(np.float64)), axis=1)[:, :10]
+    truth = brute_force.top_k(queries, unit, 10)
     scores, found = NeighborIndex("exact").fit(unit).search(queries, 10)
     assert recall_at_k(found, truth) == 1.0
     half = found.copy()
     half[:, 5:] = -1
     assert recall_at_k(found[:, ::-1], truth) == 1.0 and recall_at_k(half, truth) == 0.5
-    for kind in ("ivf", "hnsw"):
-        index = NeighborIndex(kind).fit(unit)
+    for kind, params in (("ivf", {}), ("hnsw", {}), ("ivf", {"nlist": 64, "nprobe": 1})):
+        index = NeighborIndex(kind, **params).fit(unit)
         _, approx = index.search(queries, 10)
-        assert recall_at_k(approx, truth) > 0.8
-        assert 0.8 < measure_recall(index, unit, k=10, queries=100) <= 1.0
+        assert recall_at_k(approx, truth) >= 0.8
+        # float32 and float64 order a few near-tied 10th and 11th neighbours differently (a few
+        # of the 60,000 slots): 1e-4 allows those, not a wrongly measured recall (0.86 here)
+        every_row = measure_recall(index, unit, k=10, queries=len(unit))
+        assert every_row == pytest.approx(brute_force.recall(index, unit, np.arange(len(unit))),
+                                          abs=1e-4)
 
 
 def test_blockwise_topk_is_exact_with_exclusions():

@@ -16,8 +16,9 @@ from embedkit.cli.main import cli
 from embedkit.embeddings import EmbeddingSet
 from embedkit.errors import BadInputError, NotFoundError, UsageError
 from embedkit.query_resolution import save_index, saved_index
-from embedkit.vector_search import NeighborIndex, measure_recall, sidecar_path
+from embedkit.vector_search import RECALL_QUERIES, NeighborIndex, sidecar_path
 from embedkit.vector_space import VectorSpace
+import brute_force
 from one_line_error import assert_one_line_error
 
 
@@ -34,7 +35,10 @@ def test_saved_index_answers_as_the_in_memory_one(tmp_path, digits_set, kind, pa
     path = tmp_path / f"digits.{kind}.faiss"
     built, recall = save_index(digits_set, kind, path, **params)
     space = VectorSpace.from_embeddings(digits_set)
-    assert recall == measure_recall(built, space.unit, k=10)
+    # measure_recall's documented sample: RECALL_QUERIES of the rows, drawn with seed 0
+    n = len(space.unit)
+    rows = np.random.default_rng(0).choice(n, min(RECALL_QUERIES, n), replace=False)
+    assert recall == pytest.approx(brute_force.recall(built, space.unit, rows), abs=1e-12)
     assert recall < 1.0 or kind == "hnsw", "nprobe 2 of 16 cells misses some true neighbours"
 
     loaded = saved_index(path, digits_set)
