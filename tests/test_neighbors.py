@@ -98,6 +98,8 @@ def test_king_man_woman_is_queen(space, glove):
     assert add[0].key == "queen"
     ref = glove.most_similar(positive=["king", "woman"], negative=["man"], topn=10)
     assert [k for k, _ in add] == [k for k, _ in ref]
+    np.testing.assert_allclose([s for _, s in add], [s for _, s in ref], atol=1e-5)
+    assert f"{add[0].score:.4f}" == "0.8524"  # README and docs/text.md print it
     mul = space.analogy(["king", "woman"], ["man"], method="mul", topn=10, epsilon=1e-6)
     ref_mul = glove.most_similar_cosmul(positive=["king", "woman"], negative=["man"], topn=10)
     assert [k for k, _ in mul] == [k for k, _ in ref_mul]
@@ -114,15 +116,27 @@ def test_king_man_woman_is_queen(space, glove):
             parse_expression(bad)
 
 
-def test_analogy_cli(space):
+def _cosmul_by_hand(glove, word, positive, negative, epsilon) -> float:
+    """Levy & Goldberg's 3CosMul score of one word in float64: cosines shifted to [0, 1], the
+    product over `positive` divided by the product over `negative` plus epsilon."""
+    def shifted(other):
+        a, b = glove[word].astype(np.float64), glove[other].astype(np.float64)
+        return (1 + a @ b / np.linalg.norm(a) / np.linalg.norm(b)) / 2
+
+    return math.prod(map(shifted, positive)) / (math.prod(map(shifted, negative)) + epsilon)
+
+
+def test_analogy_cli(glove):
     result = run("analogy", "king - man + woman", "-k", "3")
     lines = result.stdout.strip().splitlines()
-    assert lines[-3].split()[:2] == ["1", "queen"]
+    assert lines[-3].split() == ["1", "queen", "0.8524"]  # as the README prints it
     as_json = run("analogy", "king - man + woman", "--method", "mul", "-k", "2", "--json")
     import json
 
     data = json.loads(as_json.stdout)
     assert data["answers"][0]["key"] == "queen" and data["query_excluded"] is True
+    assert data["answers"][0]["3cosmul"] == pytest.approx(
+        _cosmul_by_hand(glove, "queen", ["king", "woman"], ["man"], epsilon=1e-3), abs=5e-5)
     unquoted = run("analogy", "king", "-", "man", "+", "woman", "--method", "mul", "-k", "2",
                    "--json")  # the shell split it: the same expression
     assert json.loads(unquoted.stdout) == data
@@ -215,8 +229,38 @@ def test_analogy_accuracy_matches_gensim(glove, space, tmp_path, restrict_vocab,
     assert ours.questions == 14 * per_section
     if restrict_vocab == 20_000:
         assert ours.oov_questions > 0  # rarer words fall outside the restricted vocabulary
-        mul = evaluate_analogies(space, sample, restrict_vocab=restrict_vocab, method="mul")
-        assert mul.total == ours.total and 0.3 < mul.accuracy <= 1
+        mul = evaluate_analogies(space, sample, restrict_vocab=restrict_vocab, method="mul",
+                                 epsilon=1e-6)  # gensim's epsilon
+        assert [(s.section, s.correct, s.total) for s in mul.sections] == \
+            _gensim_cosmul_sections(glove, sample, restrict_vocab)
+
+
+def _gensim_cosmul_sections(glove, path, restrict_vocab) -> list[tuple[str, int, int]]:
+    """(section, correct, total) by gensim's `evaluate_word_analogies` loop with
+    `most_similar_cosmul` in the place of `most_similar` (gensim has no 3CosMul evaluation),
+    over a KeyedVectors of the first `restrict_vocab` keys: questions with a word outside them
+    are skipped, the answer is the best of them other than the question words, in any case."""
+    from gensim.models import KeyedVectors
+
+    keys = glove.index_to_key[:restrict_vocab]
+    restricted = KeyedVectors(glove.vector_size)
+    restricted.add_vectors(keys, glove.vectors[:restrict_vocab])
+    key_of = {k.upper(): k for k in reversed(keys)}  # the most frequent case variant
+    sections = []
+    for line in open(path, encoding="utf-8"):
+        if line.startswith(": "):
+            sections.append([line[2:].strip(), 0, 0])
+            continue
+        words = line.upper().split()
+        if len(words) != 4 or any(w not in key_of for w in words):
+            continue
+        a, b, c, expected = words
+        best = restricted.most_similar_cosmul(positive=[key_of[b], key_of[c]],
+                                              negative=[key_of[a]], topn=5)
+        predicted = next((k.upper() for k, _ in best if k.upper() not in {a, b, c}), None)
+        sections[-1][1] += predicted == expected
+        sections[-1][2] += 1
+    return [tuple(s) for s in sections]
 
 
 @pytest.mark.parametrize("name", ["wordsim353.tsv", "simlex999.txt"])
