@@ -78,8 +78,8 @@ def test_every_cheap_classifier_trains_and_round_trips(name, digits_split, tmp_p
     assert back.evaluate(test)["label"]["accuracy"] > 0.6
 
 
-#: The two heavier classifiers as scikit-learn builds them with embedkit's stated settings
-#: (README, "Learn"): the reference they are checked against
+#: The reference: the two heavier classifiers built in scikit-learn directly, with the settings
+#: embedkit.classify gives them (100 trees; one hidden layer of 256 units, L-BFGS, 500 iterations)
 SCIKIT_LEARN = {
     "random-forest": lambda **params: RandomForestClassifier(n_estimators=100, **params),
     "mlp": lambda **params: MLPClassifier(hidden_layer_sizes=(256,), solver="lbfgs",
