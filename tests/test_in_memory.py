@@ -1,5 +1,6 @@
 """In-memory inputs (PIL, NumPy, torch, pandas, Hugging Face columns, lists of strings) give the
-vectors of the equivalent files / texts, through the cache, and anything else is refused."""
+vectors of the equivalent files / texts (and both the vectors of timm's own preprocessing), through
+the cache, and anything else is refused."""
 
 from __future__ import annotations
 
@@ -34,12 +35,23 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(files, tmp_path_factory):
-    """The vectors of the files, extracted by path (the independent reference)."""
-    es = embedkit.extract(files, MODEL, cache=tmp_path_factory.mktemp("ref"), workers=0,
-                          progress=False)
-    assert es.meta["modality"] == "image" and es.summary.computed == 3
-    return es.vectors
+def reference(files, lite0):
+    """The files' vectors without embedkit's input handling (the independent reference): each
+    decoded by PIL, prepared by timm's own eval transform for the architecture the weights are
+    loaded into (tf_efficientnet_lite0: bicubic, crop 0.875, mean = std = 0.5), then one
+    forward pass of the backbone."""
+    import timm
+    import timm.data
+
+    config = timm.data.resolve_data_config(
+        {}, model=timm.create_model("tf_efficientnet_lite0", pretrained=False))
+    transform = timm.data.create_transform(**config)
+    batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in files])
+    return np.asarray(lite0.embed(batch))
+
+
+def _paths(files):
+    return list(files)
 
 
 def _pils(files):
@@ -69,7 +81,7 @@ def _column(files):
     return pd.DataFrame({"image": _pils(files)})
 
 
-@pytest.mark.parametrize("make", [_pils, _hwc, _chw_uint8, _chw_float, _series, _column],
+@pytest.mark.parametrize("make", [_paths, _pils, _hwc, _chw_uint8, _chw_float, _series, _column],
                          ids=lambda f: f.__name__.strip("_"))
 def test_in_memory_images_give_the_vectors_of_their_files(make, files, reference, tmp_path):
     values = make(files)
