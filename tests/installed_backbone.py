@@ -1,6 +1,7 @@
 """A cheap image backbone installed in a folder the way a third party's package is (a dist-info
 folder with an `embedkit.backbones` entry point), for tests that run `embedkit` itself as a
-child process: put the folder on the child's PYTHONPATH and pass `--model pixel-hash`.
+child process: put the folder on the child's PYTHONPATH (`pythonpath_with`) and pass
+`--model pixel-hash`.
 
 The backbone is benchmarks/crash_loop.py's PixelHashBackbone (a vector that is a fixed function
 of the decoded pixels, and no torch, so a child starts in about a second), with an optional
@@ -10,6 +11,7 @@ to be interrupted on purpose.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -59,3 +61,9 @@ def install_pixel_hash(site: Path) -> Path:
     (site / "embedkit_test_pixel_hash.py").write_text(
         textwrap.dedent(_MODULE).format(crash_loop=str(CRASH_LOOP), model=MODEL))
     return site
+
+
+def pythonpath_with(site: Path) -> str:
+    """A child's PYTHONPATH: `site` first, then this process's own (which may point at another
+    checkout of embedkit)."""
+    return os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))

@@ -22,7 +22,7 @@ import pytest
 
 from embedkit.embeddings import load_embeddings
 from embedkit.store import TMP_PREFIX, Store
-from installed_backbone import MODEL, install_pixel_hash
+from installed_backbone import MODEL, install_pixel_hash, pythonpath_with
 
 ITEMS = 40
 FLUSH_ROWS = 4
@@ -35,7 +35,7 @@ def images(tmp_path, crash_loop) -> Path:
 
 def extract(images: Path, cache: Path, site: Path, *more: str, delay_s: float = 0.0):
     """`embedkit extract IMAGES --model pixel-hash` as a child process (not yet waited for)."""
-    env = {**os.environ, "PYTHONPATH": str(site), "PIXEL_HASH_DELAY_S": str(delay_s),
+    env = {**os.environ, "PYTHONPATH": pythonpath_with(site), "PIXEL_HASH_DELAY_S": str(delay_s),
            "EMBEDKIT_FLUSH_ROWS": str(FLUSH_ROWS)}
     return subprocess.Popen(
         [sys.executable, "-m", "embedkit.cli.main", "extract", str(images), "--model", MODEL,

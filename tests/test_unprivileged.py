@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from installed_backbone import MODEL, install_pixel_hash
+from installed_backbone import MODEL, install_pixel_hash, pythonpath_with
 from one_line_error import assert_one_line_error
 
 PR_CAPBSET_DROP = 24
@@ -68,7 +68,7 @@ def site(tmp_path_factory) -> Path:
 def embedkit(site: Path, *args) -> subprocess.CompletedProcess:
     """`embedkit ARGS --model pixel-hash --workers 0`, held to the permission bits (files are
     hashed, and refused, in the main process: loader workers would only add start-up time)."""
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": pythonpath_with(site)}
     return run_held_to_permissions(sys.executable, "-m", "embedkit.cli.main", *map(str, args),
                                    "--model", MODEL, "--workers", "0", env=env)
 
