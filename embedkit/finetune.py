@@ -51,10 +51,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from . import schema
 from .errors import (BadInputError, BadWeights, EmbedkitError, NotFoundError, UsageError,
                      WeightsUnavailable)
 from .files import atomic_write
@@ -363,38 +364,6 @@ def _again(folder) -> str:
     return f"fine-tune again (embedkit finetune DATA -o {folder})"
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """What one field may hold: `test` says whether a value fits, `expected` says so in words."""
-
-    expected: str
-    test: Callable[[Any], bool]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def _integer(low: int, high: int | None = None) -> _Rule:
-    words = f"a whole number from {low} to {high}" if high else f"a whole number >= {low}"
-    return _Rule(words, lambda v: _is_int(v) and v >= low and (high is None or v <= high))
-
-
-def _one_of(*values) -> _Rule:
-    return _Rule(" or ".join(json.dumps(v) for v in values),
-                 lambda v: (v is None or isinstance(v, str)) and v in values)
-
-
-def _list_of(rule: _Rule) -> _Rule:
-    return _Rule(f"a list, each {rule.expected}",
-                 lambda v: isinstance(v, list) and all(map(rule.test, v)))
-
-
 def _same_layout(value, like) -> bool:
     """Whether the JSON `value` is laid out as `like`: the same keys and list lengths, and a
     number, string, boolean or null where `like` has one."""
@@ -406,81 +375,46 @@ def _same_layout(value, like) -> bool:
                 and all(map(_same_layout, value, like)))
     if like is None or isinstance(like, (bool, str)):
         return type(value) is type(like)
-    return _is_number(value)
+    return schema.NUMBER.test(value)
 
 
-def _laid_out_like(like, words: str) -> _Rule:
+def _laid_out_like(like, words: str) -> schema.Rule:
     """JSON laid out as `like` (this run's own state, e.g. its optimizer's groups)."""
-    return _Rule(words, lambda v: _same_layout(v, like))
+    return schema.Rule(words, lambda v: _same_layout(v, like))
 
 
-_ANY = _Rule("any value", lambda v: True)
-_OBJECT = _Rule("an object", lambda v: isinstance(v, dict))
-_NUMBER = _Rule("a finite number", _is_number)
-_TEXT = _Rule("a non-empty string", lambda v: isinstance(v, str) and v != "")
-_MODULE = _Rule("a dotted module name", lambda v: isinstance(v, str) and all(
+_MODULE = schema.Rule("a dotted module name", lambda v: isinstance(v, str) and all(
     part.isidentifier() or part.isdigit() for part in v.split(".")))
-_CLASSES = _Rule("a list of at least 2 distinct class names", lambda v: (
-    isinstance(v, list) and len(v) >= 2 and all(map(_TEXT.test, v)) and len(set(v)) == len(v)))
-_MEAN = _Rule("a list of 3 numbers", lambda v: (
-    isinstance(v, list) and len(v) == 3 and all(map(_is_number, v))))
-_STD = _Rule("a list of 3 positive numbers", lambda v: _MEAN.test(v) and min(v) > 0)
-_POOL = _one_of(None, *POOLINGS)
+_CLASSES = schema.Rule("a list of at least 2 distinct class names", lambda v: (
+    schema.list_of(schema.text()).test(v) and len(v) >= 2 and len(set(v)) == len(v)))
+_MEAN = schema.Rule("a list of 3 numbers", lambda v: (
+    schema.list_of(schema.NUMBER).test(v) and len(v) == 3))
+_STD = schema.Rule("a list of 3 positive numbers", lambda v: _MEAN.test(v) and min(v) > 0)
+_POOL = schema.one_of(None, *POOLINGS)
 
 #: finetune.json (`_Run.save` writes it)
 _SPEC_SCHEMA = {
-    "format": _one_of("embedkit-finetune"),
-    "version": _Rule(str(SPEC_FORMAT), lambda v: _is_int(v) and v == SPEC_FORMAT),
-    "embedkit": _TEXT,
-    "base": {"model": _TEXT, "family": _TEXT, "fingerprint": _TEXT, "layer": _TEXT,
-             "pool": _POOL},
-    "net": {"classifier": _MODULE, "module": _MODULE, "hook": _one_of("input", "output"),
-            "pool": _POOL, "in_features": _integer(1), "blocks": _list_of(_MODULE),
-            "classes": _CLASSES},
-    "preprocessing": {"input_size": _integer(32, _MAX_SIDE),
-                      "resize_size": _integer(32, _MAX_SIDE), "mean": _MEAN, "std": _STD,
-                      "interpolation": _one_of(*_INTERPOLATIONS)},
-    "task": _TEXT,
+    "format": schema.one_of("embedkit-finetune"),
+    "version": schema.integer(SPEC_FORMAT, SPEC_FORMAT),
+    "embedkit": schema.text(),
+    "base": {"model": schema.text(), "family": schema.text(), "fingerprint": schema.text(),
+             "layer": schema.text(), "pool": _POOL},
+    "net": {"classifier": _MODULE, "module": _MODULE, "hook": schema.one_of("input", "output"),
+            "pool": _POOL, "in_features": schema.integer(1),
+            "blocks": schema.list_of(_MODULE), "classes": _CLASSES},
+    "preprocessing": {"input_size": schema.integer(32, _MAX_SIDE),
+                      "resize_size": schema.integer(32, _MAX_SIDE), "mean": _MEAN, "std": _STD,
+                      "interpolation": schema.one_of(*_INTERPOLATIONS)},
+    "task": schema.text(),
     "classes": _CLASSES,
-    "training": _OBJECT,  # the record of the run: read by people, not by embedkit
+    "training": schema.OBJECT,  # the record of the run: read by people, not by embedkit
 }
 
 #: one entry of a checkpoint's "history" (`_Run.fit` appends it), and its "best"
-_EPOCH = _Rule("an epoch record of epoch, train_loss, val_loss and val_accuracy", lambda v: (
-    isinstance(v, dict) and _misfit(v, {"epoch": _integer(1), "train_loss": _NUMBER,
-                                        "val_loss": _NUMBER, "val_accuracy": _NUMBER}) is None))
-
-
-def _shown(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _misfit(record: dict, schema: dict, prefix: str = "") -> str | None:
-    """Why `record` does not follow `schema` (field -> _Rule, or the schema of an object), or
-    None: the first field that is not declared, missing, or not of its type and range."""
-    unknown = [key for key in record if key not in schema]
-    if unknown:
-        return f"unknown field '{prefix}{unknown[0]}'"
-    for key, rule in schema.items():
-        name, value = prefix + key, record.get(key)
-        if key not in record:
-            return f"'{name}' is missing"
-        if isinstance(rule, dict):
-            if not isinstance(value, dict):
-                return f"'{name}' is {_shown(value)}, expected an object of {', '.join(rule)}"
-            problem = _misfit(value, rule, f"{name}.")
-            if problem:
-                return problem
-        elif not rule.test(value):
-            return f"'{name}' is {_shown(value)}, expected {rule.expected}"
-    return None
-
-
-def _check_record(record: dict, schema: dict, where, then: str):
-    problem = _misfit(record, schema)
-    if problem:
-        raise BadInputError(f"{where}: {problem}; {then}")
+_EPOCH_FIELDS = {"epoch": schema.integer(1), "train_loss": schema.NUMBER,
+                 "val_loss": schema.NUMBER, "val_accuracy": schema.NUMBER}
+_EPOCH = schema.Rule("an epoch record of " + ", ".join(_EPOCH_FIELDS),
+                     lambda v: schema.misfit(v, _EPOCH_FIELDS) is None)
 
 
 def _own_file(path: Path, refused: type[EmbedkitError], then: str):
@@ -926,7 +860,7 @@ class _Run:
         import torch
 
         path = self.out / CHECKPOINT_FILE
-        _check_record(meta, self._checkpoint_schema(), path, _START_OVER)
+        schema.check(meta, self._checkpoint_schema(), path, _START_OVER)
         saved, mine = meta["plan"], asdict(self.plan)
         changed = [k for k in mine if k != "options" and saved[k] != mine[k]]
         changed += [f"--{k.replace('_', '-')}" for k, v in mine["options"].items()
@@ -953,9 +887,10 @@ class _Run:
     def _checkpoint_schema(self) -> dict:
         """The metadata `_checkpoint` writes for this run, each field's type and range; the
         optimizer's groups and the schedule laid out as this run's own."""
-        return {"plan": {**{f.name: _ANY for f in fields(_Plan)}, "options": _OBJECT},
-                "epoch": _integer(1), "history": _list_of(_EPOCH), "best": _EPOCH,
-                "stale": _integer(0),
+        return {"plan": {**{f.name: schema.ANY for f in fields(_Plan)},
+                         "options": schema.OBJECT},
+                "epoch": schema.integer(1), "history": schema.list_of(_EPOCH), "best": _EPOCH,
+                "stale": schema.integer(0),
                 "param_groups": _laid_out_like(_optimizer_tensors(self.optimizer)[1],
                                                "this run's optimizer groups"),
                 "scheduler": _laid_out_like(self.scheduler.state_dict(),
@@ -1052,7 +987,7 @@ def read_spec(folder) -> dict:
     if spec.get("version") != SPEC_FORMAT:
         raise BadInputError(f"{path}: spec version {spec.get('version')}, this embedkit reads "
                             f"{SPEC_FORMAT}; fine-tune again with this version")
-    _check_record(spec, _SPEC_SCHEMA, path, _again(folder))
+    schema.check(spec, _SPEC_SCHEMA, path, _again(folder))
     return spec
 
 
@@ -1114,7 +1049,7 @@ def _base_of(spec: dict, where: Path, then: str):
         exc.args = (f"{where}: base: {exc}",)
         raise
     if not isinstance(base, TorchImageBackbone):
-        raise BadInputError(f"{where}: 'base.model' is {_shown(recorded['model'])}, a "
+        raise BadInputError(f"{where}: 'base.model' is {schema.shown(recorded['model'])}, a "
                             f"{base.modality} model, not a torch image network; {then}")
     pre = spec["preprocessing"]
     base.preprocessing = ImagePreprocess(**{**pre, "mean": tuple(pre["mean"]),
@@ -1122,8 +1057,8 @@ def _base_of(spec: dict, where: Path, then: str):
     for key, value in net_spec_for(base, spec["classes"]).items():
         if spec["net"][key] != value:
             raise BadInputError(
-                f"{where}: 'net.{key}' is {_shown(spec['net'][key])}, but "
-                f"{recorded['model']} fine-tuned at layer {base.layer} has {_shown(value)}; "
+                f"{where}: 'net.{key}' is {schema.shown(spec['net'][key])}, but "
+                f"{recorded['model']} fine-tuned at layer {base.layer} has {schema.shown(value)}; "
                 f"{then}")
     return base
 

@@ -11,9 +11,9 @@ import re
 
 import numpy as np
 
+from . import schema
 from .errors import BadInputError, NotFoundError, UsageError
-from .vector_search import (NeighborIndex, fraction_field, integer_field, measure_recall,
-                            rebuild_hint, sha256_field, text_field)
+from .vector_search import NeighborIndex, measure_recall, rebuild_hint
 from .vector_space import VectorSpace
 
 # The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
@@ -129,10 +129,10 @@ def embed_like(emb, items: list) -> np.ndarray:
 
 
 #: What `save_index` records in a sidecar's `about`, held to a schema like the rest of it
-#: (see vector_search.check_fields): the set's checksum is what `saved_index` compares.
-SET_FIELDS = {"checksum": sha256_field(), "rows": integer_field(1), "model": text_field(),
-              "fingerprint": text_field(), "source": text_field(),
-              "recall_at_10": fraction_field()}
+#: (embedkit.schema): the set's checksum is what `saved_index` compares.
+SET_FIELDS = {"checksum": schema.SHA256, "rows": schema.integer(1),
+              "model": schema.text(optional=True), "fingerprint": schema.text(optional=True),
+              "source": schema.text(optional=True), "recall_at_10": schema.fraction()}
 
 
 def save_index(emb, kind: str, path, **params) -> tuple:
@@ -153,7 +153,7 @@ def saved_index(path, emb):
     """The index `save_index` wrote to `path`, if it was built from exactly the set `emb` (the
     same ids and vectors); a UsageError otherwise (the wrong pair of files was given: its rows
     would name other items).  The file itself is checked by `NeighborIndex.load` first: a
-    damaged, replaced or edited index or sidecar is a BadInputError."""
+    damaged, replaced or edited index or sidecar is an ArtifactError."""
     index = NeighborIndex.load(path, about_fields=SET_FIELDS)
     about = index.about_["about"]
     if about["checksum"] != emb.checksum():

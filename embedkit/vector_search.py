@@ -18,18 +18,17 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from .errors import BadInputError, NotFoundError, UsageError
+from . import schema
+from .errors import ArtifactError, NotFoundError, UsageError
 from .options import INDEXES
 
 # The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
-# fixed); `sidecar_path`, `rebuild_hint` and the sidecar's schema (`Field`, the `*_field`
-# constructors, `check_fields`) are public too, imported from here.
+# fixed); `sidecar_path`, `rebuild_hint` and the sidecar's schema (`SIDECAR_FIELDS`) are
+# public too, imported from here.
 __all__ = ["INDEX_KINDS", "NeighborIndex", "blockwise_topk", "cosine", "measure_recall",
            "recall_at_k", "unit_rows"]
 
@@ -146,9 +145,9 @@ class NeighborIndex:
         Nothing is trusted before it is checked, in this order: the sidecar against
         `SIDECAR_FIELDS` (its `about` against `about_fields`, the caller's schema, when given),
         the file's bytes against the sha256 the sidecar recorded (before faiss parses them), and
-        what faiss read against the sidecar.  A failure is a BadInputError naming the file and
-        the command that rebuilds it: an index swapped for another, edited or cut short would
-        otherwise answer with wrong neighbours, or crash faiss.
+        what faiss read against the sidecar.  A failure is an ArtifactError (bad input, exit 5)
+        naming the file and the command that rebuilds it: an index swapped for another, edited
+        or cut short would otherwise answer with wrong neighbours, or crash faiss.
         """
         import faiss
 
@@ -158,13 +157,13 @@ class NeighborIndex:
         sidecar = _read_sidecar(path, about_fields)
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != sidecar["index_sha256"]:
-            raise BadInputError(f"{path}: its bytes are not those {sidecar_path(path)} recorded "
+            raise ArtifactError(f"{path}: its bytes are not those {sidecar_path(path)} recorded "
                                 "(sha256 differs): it was changed, damaged or replaced after it "
                                 f"was built; {rebuild_hint(path, sidecar)}")
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
-            raise BadInputError(f"{path}: faiss cannot read it ({_one_line(exc)}); "
+            raise ArtifactError(f"{path}: faiss cannot read it ({_one_line(exc)}); "
                                 f"{rebuild_hint(path, sidecar)}") from None
         _check_read_back(index, sidecar, path)
         loaded = cls(sidecar["kind"], **sidecar["params"])
@@ -204,101 +203,23 @@ def rebuild_hint(path, sidecar=None) -> str:
 # --------------------------------------------------------------------------------------------
 # the sidecar's schema
 
-
-@dataclass(frozen=True)
-class Field:
-    """One field of a sidecar: the test its value must pass and the words that say what
-    passes (they end up in the refusal)."""
-
-    test: Callable[[object], bool]
-    expected: str
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def choice_field(*values: str) -> Field:
-    """One of the strings `values`."""
-    return Field(lambda v: isinstance(v, str) and v in values, " or ".join(values))
-
-
-def integer_field(low: int, optional: bool = False) -> Field:
-    """An int >= `low` (JSON true/false are not numbers here); None too if `optional`."""
-    return Field(lambda v: (optional and v is None) or (_is_int(v) and v >= low),
-                 f"an integer >= {low}" + (" or null" if optional else ""))
-
-
-def fraction_field() -> Field:
-    """A finite number between 0 and 1 (a recall)."""
-    return Field(lambda v: (_is_int(v) or isinstance(v, float)) and 0 <= v <= 1,
-                 "a number between 0 and 1")
-
-
-def sha256_field() -> Field:
-    """A sha256 as 64 lowercase hexadecimal digits."""
-    return Field(lambda v: isinstance(v, str) and len(v) == 64
-                 and all(c in "0123456789abcdef" for c in v),
-                 "a sha256 in 64 lowercase hexadecimal digits")
-
-
-def text_field(optional: bool = True) -> Field:
-    """A string; None too if `optional`."""
-    return Field(lambda v: isinstance(v, str) or (optional and v is None),
-                 "a string" + (" or null" if optional else ""))
-
-
 #: The faiss class each saved kind is (the approximate kinds of INDEXES).
 FAISS_TYPES = {"ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
 
-#: Everything a sidecar holds, as `NeighborIndex.save` writes it; a nested dict is an object
-#: whose own fields are checked the same way.  Missing and unknown fields are refused.
+#: Everything a sidecar holds, as `NeighborIndex.save` writes it (embedkit.schema); its
+#: `about` is the caller's (`load(about_fields=...)`).  Missing and unknown fields are refused.
 SIDECAR_FIELDS = {
-    "kind": choice_field(*FAISS_TYPES),
-    "params": {"nlist": integer_field(1, optional=True),
-               "nprobe": integer_field(1, optional=True),
-               "hnsw_m": integer_field(1),
-               "ef_search": integer_field(1, optional=True),
-               "seed": integer_field(0)},
-    "ntotal": integer_field(1),
-    "dim": integer_field(1),
-    "index_sha256": sha256_field(),
-    "about": Field(lambda v: isinstance(v, dict), "an object"),
+    "kind": schema.one_of(*FAISS_TYPES),
+    "params": {"nlist": schema.integer(1, optional=True),
+               "nprobe": schema.integer(1, optional=True),
+               "hnsw_m": schema.integer(1),
+               "ef_search": schema.integer(1, optional=True),
+               "seed": schema.integer(0)},
+    "ntotal": schema.integer(1),
+    "dim": schema.integer(1),
+    "index_sha256": schema.SHA256,
+    "about": schema.OBJECT,
 }
-
-
-def check_fields(value, fields: dict, where, hint: str, name: str = ""):
-    """Refuse (BadInputError) `value` unless it is an object with exactly the keys of `fields`,
-    each passing its Field (or, for a nested dict, checked in turn); the message names `where`
-    (the file), the field as `a.b`, what it holds and what it should, then `hint`."""
-    label = f"'{name}'" if name else "its content"
-    if not isinstance(value, dict):
-        raise BadInputError(f"{where}: {label} is {_shown(value)}, expected an object with "
-                            f"{', '.join(fields)}; {hint}")
-    unknown = [key for key in value if key not in fields]
-    if unknown:
-        raise BadInputError(f"{where}: unknown field '{_dotted(name, unknown[0])}' (known: "
-                            f"{', '.join(fields)}); {hint}")
-    for key, spec in fields.items():
-        full = _dotted(name, key)
-        if key not in value:
-            raise BadInputError(f"{where}: no '{full}' field (written by an older embedkit, or "
-                                f"edited); {hint}")
-        if isinstance(spec, dict):
-            check_fields(value[key], spec, where, hint, full)
-        elif not spec.test(value[key]):
-            raise BadInputError(f"{where}: '{full}' is {_shown(value[key])}, expected "
-                                f"{spec.expected}; {hint}")
-
-
-def _dotted(name: str, key: str) -> str:
-    return f"{name}.{key}" if name else key
-
-
-def _shown(value) -> str:
-    """A value read from a JSON file, written back as JSON on one short line."""
-    shown = json.dumps(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _one_line(exc: Exception) -> str:
@@ -316,12 +237,11 @@ def _read_sidecar(path: Path, about_fields: dict | None) -> dict:
         raise NotFoundError(f"{side}: missing; an index is saved with the JSON file that says "
                             f"which vectors it holds; {rebuild_hint(path)}") from None
     except ValueError as exc:  # not JSON, or not UTF-8
-        raise BadInputError(f"{side}: not an index description ({type(exc).__name__}); "
+        raise ArtifactError(f"{side}: not an index description ({type(exc).__name__}); "
                             f"{rebuild_hint(path)}") from None
-    hint = rebuild_hint(path, sidecar)
-    check_fields(sidecar, SIDECAR_FIELDS, side, hint)
-    if about_fields is not None:
-        check_fields(sidecar["about"], about_fields, side, hint, "about")
+    fields = SIDECAR_FIELDS if about_fields is None else {**SIDECAR_FIELDS,
+                                                          "about": about_fields}
+    schema.check(sidecar, fields, side, rebuild_hint(path, sidecar), ArtifactError)
     return sidecar
 
 
@@ -332,11 +252,11 @@ def _check_read_back(index, sidecar: dict, path: Path):
 
     expected = FAISS_TYPES[sidecar["kind"]]
     if type(index).__name__ != expected or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise BadInputError(f"{path}: faiss reads a {type(index).__name__} (metric "
+        raise ArtifactError(f"{path}: faiss reads a {type(index).__name__} (metric "
                             f"{index.metric_type}) but {sidecar_path(path)} describes an "
                             f"inner-product {expected}; {rebuild_hint(path, sidecar)}")
     if (index.ntotal, index.d) != (sidecar["ntotal"], sidecar["dim"]):
-        raise BadInputError(f"{path}: holds {index.ntotal} x {index.d} vectors but its sidecar "
+        raise ArtifactError(f"{path}: holds {index.ntotal} x {index.d} vectors but its sidecar "
                             f"says {sidecar['ntotal']} x {sidecar['dim']}; "
                             f"{rebuild_hint(path, sidecar)}")
 
