@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import BadInputError, BadWeights, UsageError
+from .errors import BadInputError, UntrustedFile, UsageError
 from .files import atomic_write
 
 __all__ = ["PARTS_MARKER", "PICKLE_START", "CheckedSet", "EmbeddingsWriter", "csv_layout",
@@ -493,8 +493,8 @@ def _check_unique(ids: list[str], rows: np.ndarray, path):
 PICKLE_START = b"\x80"
 
 
-def untrusted(path, what: str) -> BadWeights:
+def untrusted(path, what: str) -> UntrustedFile:
     """The refusal (exit 4, README Trust model) of a file that only unpickling could read:
     embedkit never unpickles a file from elsewhere, because a pickle can run any code."""
-    return BadWeights(f"{path}: {what}, which only unpickling could read; refused, since a "
+    return UntrustedFile(f"{path}: {what}, which only unpickling could read; refused, since a "
                       "pickle can run code: save plain arrays of numbers and strings instead")

@@ -173,7 +173,7 @@ def load_embeddings(path: str | os.PathLike, vector_column: str | None = None,
         embeddings this can read (another kind of file, or options that do not fit it).
         BadInputError: embeddings whose content cannot be used (NaN or infinite values, a
         repeated id, no rows, no dimensions, ragged or mis-shaped vectors), naming the file
-        and the row.  BadWeights: a file that only unpickling could read (exit 4).  Each in
+        and the row.  UntrustedFile: a file that only unpickling could read (exit 4).  Each in
         one line.
     """
     found = _read_any(Path(path), vector_column, id_column, _names(label_column), ids)

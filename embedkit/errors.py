@@ -2,7 +2,7 @@
 
 __all__ = ["ArtifactError", "BackboneMismatch", "BadInputError", "BadWeights",
            "CacheUnavailable", "EmbedkitError", "MissingExtra", "NotFoundError", "PluginError",
-           "StoreError", "UsageError", "WeightsUnavailable"]
+           "StoreError", "UntrustedFile", "UsageError", "WeightsUnavailable"]
 
 
 class EmbedkitError(Exception):
@@ -42,6 +42,13 @@ class BadWeights(WeightsUnavailable):
     would need unpickling arbitrary objects (refused, never executed)."""
 
 
+class UntrustedFile(EmbedkitError):
+    """A data file that only unpickling could read (an object array, a pickle under another
+    suffix): refused, never executed, with the trust model's exit 4 as for such weights."""
+
+    exit_code = 4
+
+
 class BadInputError(EmbedkitError):
     """Input that cannot be used: a manifest or text file that cannot be parsed (bad columns,
     a line that is not a JSON object, duplicate ids), a bad item under --strict, or a dataset
@@ -62,7 +69,8 @@ class BackboneMismatch(UsageError):
 
 
 class ArtifactError(BadInputError):
-    """A model file that is not an embedkit classifier, or that was tampered with."""
+    """A file embedkit wrote and reads back (a classifier, a saved search index and its
+    sidecar) that is not one, or that was changed since it was written."""
 
 
 class StoreError(EmbedkitError):

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from embedkit.cli.main import cli
 from embedkit.embeddings import EmbeddingSet, load_embeddings
-from embedkit.errors import BadInputError, BadWeights, NotFoundError, UsageError
+from embedkit.errors import BadInputError, NotFoundError, UntrustedFile, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_wrong_shapes_and_contents_are_refused_in_one_line(tmp_path, digits):
         (lambda: load_embeddings(tmp_path / "cube.npy"), BadInputError,
          ("cube.npy", "(6, 10, 64)")),
         (lambda: load_embeddings(tmp_path / "words.npy"), BadInputError, ("words.npy", "numbers")),
-        (lambda: load_embeddings(tmp_path / "objects.npy"), BadWeights,
+        (lambda: load_embeddings(tmp_path / "objects.npy"), UntrustedFile,
          ("objects.npy", "plain arrays")),
         (lambda: load_embeddings(tmp_path / "other.npz"), UsageError,
          ("other.npz", "holds arrays x")),
