@@ -46,7 +46,7 @@ def _error_line(stderr: str, exit_code: int) -> str:
         hint = lines[1] if len(lines) > 1 else ""
         assert hint.startswith("Try ") and hint.endswith(" for help."), stderr
         lines, prefix = lines[2:], "Error: "
-    assert len(lines) == 1, f"expected exactly one error line on stderr, got {len(lines)}:\n{stderr}"
+    assert len(lines) == 1, f"expected one error line on stderr, got {len(lines)}:\n{stderr}"
     line = lines[0]
     assert line.startswith(prefix) and not line.startswith(prefix + ":"), line
     return line
