@@ -5,11 +5,19 @@ A file is written with `skops.io.dump` and read back with `skops.io.load` only a
 the explicit allow-list below (the types our own heads are made of, beyond those skops already
 trusts).  A file that is not a skops archive, was altered to construct anything else, or is a
 skops file of some other program is refused with an `ArtifactError`, never a traceback.
+
+Like every artifact embedkit reads back, the file carries the checksum of what was written
+(README, Trust model): a last archive member holds the sha256 of every other member's name and
+bytes, checked before anything is loaded, so a file edited within the allowed types (other
+coefficients, another class list) is refused too rather than predicting something else.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import zipfile
 from pathlib import Path
 
 from .errors import ArtifactError, NotFoundError
@@ -18,7 +26,9 @@ from .files import atomic_write
 __all__ = ["FORMAT", "FORMAT_VERSION", "TRUSTED_TYPES", "load_artifact", "save_artifact"]
 
 FORMAT = "embedkit.classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sealed with CHECKSUM_MEMBER
+#: The archive member that holds the sha256 of all the others (`_content_sha256`).
+CHECKSUM_MEMBER = "embedkit-sha256.json"
 
 #: Types a classifier artifact may construct beyond skops' own default trust (found with
 #: `skops.io.get_untrusted_types` on heads of every classifier embedkit trains).
@@ -37,10 +47,47 @@ def save_artifact(content: dict, path: str | os.PathLike) -> Path:
     """Write `content` (a dict: format fields added here) as a skops file, atomically."""
     import skops.io as sio
 
+    def write(tmp):
+        sio.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **content}, tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(CHECKSUM_MEMBER, json.dumps({"sha256": _content_sha256(archive)}))
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: sio.dump(
-        {"format": FORMAT, "format_version": FORMAT_VERSION, **content}, tmp))
+    return atomic_write(path, write)
+
+
+def _content_sha256(archive: zipfile.ZipFile) -> str:
+    """sha256 of every member but the checksum's own, each as its name, length and bytes, in
+    name order."""
+    digest = hashlib.sha256()
+    for name in sorted(n for n in archive.namelist() if n != CHECKSUM_MEMBER):
+        data = archive.read(name)
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _check_sealed(path: Path):
+    """Refuse an archive whose members are not those written (`save_artifact`'s checksum)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            recorded = json.loads(archive.read(CHECKSUM_MEMBER)) if CHECKSUM_MEMBER in names \
+                else None
+            intact = (len(set(names)) == len(names) and isinstance(recorded, dict)
+                      and recorded.get("sha256") == _content_sha256(archive))
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError) as exc:
+        raise ArtifactError(f"{path}: damaged model file ({type(exc).__name__}); train it "
+                            "again") from None
+    if recorded is None:
+        raise ArtifactError(f"{path}: not an embedkit classifier of this version (it holds no "
+                            "checksum: made by another program or an older embedkit, or "
+                            "edited); train it again")
+    if not intact:
+        raise ArtifactError(f"{path}: refusing to load: its content is not what embedkit "
+                            "wrote (the checksum it was saved with differs); it was edited "
+                            "or damaged: train it again")
 
 
 def load_artifact(path: str | os.PathLike) -> dict:
@@ -60,6 +107,7 @@ def load_artifact(path: str | os.PathLike) -> dict:
         raise ArtifactError(f"{path}: refusing to load: the file would construct types outside "
                             f"embedkit's allow-list ({', '.join(foreign)}); it was altered or "
                             "made by another program")
+    _check_sealed(path)
     try:
         content = sio.load(path, trusted=list(untrusted))
     except Exception as exc:
