@@ -81,7 +81,7 @@ def test_parts_folder_npy_sidecar_and_csv_hold_the_same_set(tmp_path, digits_sma
     assert load_embeddings(tmp_path / "bom.csv").ids == reference.ids  # saved again by Excel
     bad = tmp_path / "bad.csv"
     bad.write_text("id,label,v0,v1\na,cat,1,2\nb,dog,3\n")
-    with pytest.raises(embedkit.errors.UsageError, match="bad.csv: row 3 has 3 cells"):
+    with pytest.raises(embedkit.errors.BadInputError, match="bad.csv: line 3 has 3 cells"):
         load_embeddings(bad)
 
 
