@@ -448,7 +448,7 @@ def training_features(spec, model=None, *, augment: int = 0, augment_mode: str =
     """
     from .extract import embeddings_of
     from .inputs import open_dataset
-    from .registry import create_backbone, default_model
+    from .registry import chosen_model, create_backbone
 
     if not augment:
         return embeddings_of(spec, model, layer=layer, pool=pool, normalize=normalize,
@@ -461,7 +461,7 @@ def training_features(spec, model=None, *, augment: int = 0, augment_mode: str =
 
     recipe = str(AugmentSpec.parse(recipe))
     ds = open_dataset(spec, label=label)
-    backbone = create_backbone(model or default_model(ds.modality), layer=layer, pool=pool,
+    backbone = create_backbone(chosen_model(model, ds.modality), layer=layer, pool=pool,
                                normalize=normalize or None, weights=weights)
     if augment_mode == "average":
         plan = {"mode": "average", "views": augment, "recipe": recipe, "seed": seed}

@@ -592,7 +592,7 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
     from .classify import check_options, holdout_split
     from .extract import pick_device
     from .inputs import open_dataset
-    from .registry import create_backbone, default_model
+    from .registry import chosen_model, create_backbone
 
     started = time.perf_counter()
     if output is None:
@@ -617,7 +617,7 @@ def finetune(dataset, model: str | None = None, output=None, *, layer: str | Non
     task = ds.label_names[0]
     items = [it for it in ds.items if it.error is None and it.labels.get(task) not in (None, "")]
     y = np.asarray([it.labels[task] for it in items], dtype=object)
-    base = create_backbone(model or default_model("image"), layer=layer, pool=pool,
+    base = create_backbone(chosen_model(model, "image"), layer=layer, pool=pool,
                            weights=weights)
     if not isinstance(base, TorchImageBackbone):
         raise UsageError(f"{base.name} is not a torch image network; fine-tuning needs one "

@@ -46,9 +46,9 @@ def parse_expression(expr: str) -> tuple[list[str], list[str]]:
 
 def word_space(model: str | None = None, limit: int | None = None) -> VectorSpace:
     """The vocabulary of a word-vectors backbone (default: the bundled GloVe) as a VectorSpace."""
-    from .registry import create_backbone, default_model
+    from .registry import chosen_model, create_backbone
 
-    name = model or default_model("text")
+    name = chosen_model(model, "text")
     backbone = create_backbone(name, limit=limit)
     kv = backbone.keyed_vectors
     if kv is None:
