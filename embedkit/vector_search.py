@@ -24,6 +24,7 @@ import numpy as np
 
 from . import schema
 from .errors import ArtifactError, NotFoundError, UsageError
+from .files import atomic_write
 from .options import INDEXES
 
 # The names embedkit.neighbors has always re-exported (tests/test_query_layers.py holds them
@@ -118,8 +119,9 @@ class NeighborIndex:
     def save(self, path: str | os.PathLike, about: dict | None = None) -> Path:
         """Write the faiss index to `path` and, to `path`.json, its parameters, size, the sha256
         of the bytes written and `about` (what the caller needs to recognise the vectors later:
-        a checksum, ids, a model).  The index is written first: a write cut short leaves bytes
-        that do not match the sidecar (old or new), which `load` refuses."""
+        a checksum, ids, a model).  Each file is written atomically, the index first: a run
+        stopped between the two leaves the new index beside the old sidecar, whose sha256 it
+        does not match, which `load` refuses."""
         if self.kind == "exact":
             raise UsageError("an exact index is the vectors themselves; save an ivf or hnsw one")
         import faiss
@@ -127,14 +129,13 @@ class NeighborIndex:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = faiss.serialize_index(self.index_).tobytes()
-        path.write_bytes(data)
+        atomic_write(path, data)
         params = {"nlist": getattr(self, "nlist_", self.nlist), "nprobe": self.nprobe,
                   "hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "seed": self.seed}
         sidecar = {"kind": self.kind, "params": params, "ntotal": self.ntotal_,
                    "dim": int(self.index_.d), "index_sha256": hashlib.sha256(data).hexdigest(),
                    "about": about or {}}
-        sidecar_path(path).write_text(json.dumps(sidecar, indent=1, default=str),
-                                      encoding="utf-8")
+        atomic_write(sidecar_path(path), json.dumps(sidecar, indent=1, default=str))
         return path
 
     @classmethod
