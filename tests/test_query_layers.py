@@ -16,7 +16,7 @@ from embedkit.errors import BadInputError, NotFoundError, UsageError
 PACKAGE = Path(embedkit.__file__).parent
 
 #: The embedkit modules each lower floor may import (at module level or inside a function).
-ALLOWED = {  # errors and options (the allowed values) are the ground floor of everything
+ALLOWED = {  # errors, options, schema and files are the ground floor of everything
     "vector_search": {"errors", "files", "options", "schema"},
     "vector_space": {"errors", "options", "vector_search"},
     "wordvector_evaluation": {"errors", "options", "vector_search", "vector_space"},
