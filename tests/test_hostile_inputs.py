@@ -82,6 +82,10 @@ def build_corpus(root):
     add("pipe.png", "not a regular file", lambda p: os.mkfifo(p))
     add(".hidden.png", None, lambda p: _save(p, _rgb(15)))  # hidden: not part of the dataset
     add("notes.txt", None, lambda p: p.write_text("a note among images"))  # images dominate
+    # names that would drive a terminal: shown escaped (tested through the CLI below)
+    add("osc\x1b]0;title\x07csi\x1b[2J.png", "not a readable image",
+        lambda p: p.write_text("not an image"))
+    add("bidi\u202egnp.exe.png", GOOD, lambda p: _save(p, _rgb(18)))
     raw = os.path.join(os.fsencode(root), b"caf\xe9.png")
     with open(raw, "wb") as f:
         f.write(_encode(_rgb(16), "PNG"))
@@ -115,10 +119,14 @@ def test_at_least_25_kinds(corpus):
     assert len(expect) >= 25
 
 
-def test_every_kind_gets_its_documented_outcome(corpus, lite0, tmp_path):
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("hostile-cache")
+
+
+def test_every_kind_gets_its_documented_outcome(corpus, lite0, cache, tmp_path):
     root, expect = corpus
-    es = embedkit.extract(root, lite0, cache=tmp_path / "cache", progress=False, workers=0,
-                          batch_size=1)
+    es = embedkit.extract(root, lite0, cache=cache, progress=False, workers=0, batch_size=1)
     skipped = dict(es.summary.skipped)
     outcome = {i: GOOD for i in es.ids} | skipped
     assert set(outcome) == set(expect), set(outcome) ^ set(expect)
@@ -140,3 +148,18 @@ def test_every_kind_gets_its_documented_outcome(corpus, lite0, tmp_path):
                              batch_size=1)
     assert alone.summary.skipped == []
     np.testing.assert_array_equal(alone.vectors, es.vectors)
+
+
+def test_the_cli_shows_every_name_without_a_control_character(corpus, cache):
+    from click.testing import CliRunner
+
+    from embedkit.cli.main import cli
+
+    root, expect = corpus
+    result = CliRunner().invoke(cli, ["extract", str(root), "--cache", str(cache)])
+    assert result.exit_code == 0, result.output
+    shown = result.output
+    assert not any(c in shown for c in "\x1b\x07\u202e"), repr(shown)
+    assert "osc\\x1b]0;title\\x07csi" in shown  # the skipped file, named and escaped
+    skipped = [line for line in shown.splitlines() if line.startswith("  skipped ")]
+    assert len(skipped) == sum(want != GOOD for want in expect.values())
