@@ -45,6 +45,18 @@ def _hash_prefix(url: str) -> str | None:
     return tail if len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail) else None
 
 
+def _check_published(path: str):
+    """The published weights found under their own name in the hub cache must be them: their
+    fingerprint is the published tag, not the file's sha256, so other weights under that name
+    would be cached as the published ones.  Their sha256 must start with the digits in the
+    name, as torch.hub checks at download."""
+    prefix = _hash_prefix(path)
+    if prefix and not file_sha256(path).startswith(prefix):
+        raise BadWeights(f"{path}: refused: its sha256 does not start with {prefix}, the checksum "
+                         f"in its name, so it is not the published weights; delete it (it is "
+                         f"downloaded again where online), or pass your file with --weights")
+
+
 def hub_cache_file(url: str) -> str:
     import torch
 
@@ -121,6 +133,8 @@ class TorchvisionFamily(BackboneFamily):
                 except RuntimeError as exc:
                     raise BadWeights(f"{url}: refused: the downloaded file does not match the "
                                      f"checksum in its name ({exc})") from None
+            elif path == cached:  # not --weights FILE, which is fingerprinted by its sha256
+                _check_published(cached)
             model.load_state_dict(load_state_dict_file(path or cached))
 
         return TorchImageBackbone(

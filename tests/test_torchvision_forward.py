@@ -2,8 +2,9 @@
 
 No weights can be downloaded here, so each family's smallest member gets local random weights
 (`torch.manual_seed(0)`, `weights=None`, `torch.save(state_dict)`), handed to embedkit the two
-ways a user does: (a) `embedkit extract --weights FILE` and (b) under torchvision's own file name
-in the torch hub cache (`$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth`).  The reference is
+ways a user does: (a) `embedkit extract --weights FILE` and (b) in the torch hub cache under a
+name as torchvision gives its files (`$TORCH_HOME/hub/checkpoints/resnet18-<sha256 prefix>.pth`,
+torchvision's weights entry made to name it).  The reference is
 independent of embedkit's preprocessing and layer code: the input is made by torchvision's own
 transform for the weights (`Weights.DEFAULT.transforms()` on the PIL image), and the features
 are read from torchvision's own model with forward hooks at module paths written out below:
@@ -27,6 +28,7 @@ resnet18 (same blocks, same head), so they are not run again; vit_b_32 stands fo
 
 from __future__ import annotations
 
+import hashlib
 import os
 from types import SimpleNamespace
 
@@ -38,6 +40,7 @@ from PIL import Image
 
 from embedkit import load_embeddings
 from embedkit.cli.main import cli
+from one_line_error import assert_one_line_error
 
 FAMILIES = [
     # (smallest member, its classifier head: pre_logits is this module's input,
@@ -124,12 +127,56 @@ def test_weights_file_through_the_cli_gives_torchvisions_pre_logits(family, imag
     assert_matches_torchvision(got, family.expected["pre_logits"])
 
 
-def test_hub_cache_file_gives_torchvisions_block_output(family, images, tmp_path, monkeypatch):
-    """(b) the file under torchvision's own name in $TORCH_HOME/hub/checkpoints, a block layer
-    averaged as embedkit does by default."""
+class Published:
+    """torchvision's weights entry for a model, as if the published file were `file_name`:
+    everything else (transforms, metadata, tag) is the real entry's."""
+
+    def __init__(self, entry, file_name: str):
+        self._entry, self.url = entry, f"{os.path.dirname(entry.url)}/{file_name}"
+
+    def __getattr__(self, name):
+        return getattr(self._entry, name)
+
+    def __str__(self):
+        return str(self._entry)
+
+
+def publish_as(weights, tmp_path, monkeypatch, file_name: str):
+    """`weights` linked into $TORCH_HOME/hub/checkpoints under `file_name`, and torchvision's
+    weights entries made to name that file."""
+    import torchvision
+
     checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    os.link(family.weights, checkpoints / family.hub_file_name)
+    os.link(weights, checkpoints / file_name)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    real = torchvision.models.get_model_weights
+    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: SimpleNamespace(
+        DEFAULT=Published(real(name).DEFAULT, file_name)))
+
+
+def test_hub_cache_file_gives_torchvisions_block_output(family, images, tmp_path, monkeypatch):
+    """(b) the file in $TORCH_HOME/hub/checkpoints under a published name (NAME-<the first
+    digits of its sha256>.pth, as torchvision names its files; the real published files cannot
+    be had offline), a block layer averaged as embedkit does by default."""
+    with open(family.weights, "rb") as f:
+        prefix = hashlib.file_digest(f, "sha256").hexdigest()[:8]
+    publish_as(family.weights, tmp_path, monkeypatch, f"{family.name}-{prefix}.pth")
     got = extract_with_cli(images, family.name, tmp_path, "--layer", family.block)
     assert_matches_torchvision(got, family.expected[family.block])
+
+
+def test_other_weights_under_the_published_name_are_refused(images, tmp_path, monkeypatch):
+    """Weights in the hub cache are fingerprinted by their published tag, so a file there whose
+    sha256 does not start with the digits in its name would be cached as the published
+    weights: it is refused (exit 4) before anything is computed."""
+    from torchvision import models
+
+    torch.manual_seed(0)
+    weights = tmp_path / "random.pth"
+    torch.save(models.get_model("resnet18", weights=None).state_dict(), weights)
+    published = os.path.basename(models.get_model_weights("resnet18").DEFAULT.url)
+    publish_as(weights, tmp_path, monkeypatch, published)
+    result = CliRunner().invoke(cli, ["extract", str(images[0].parent), "--model", "resnet18",
+                                      "--cache", str(tmp_path / "cache"), "--workers", "0"])
+    assert_one_line_error(result, 4, published, "does not start with")
