@@ -127,9 +127,9 @@ def device_decodable(header: JpegHeader | None) -> bool:
 
 
 class TensorPreprocess:
-    """`ImagePreprocess` on uint8 tensors [3, h, w] on any device: the same short-side resize (same
-    rounding), centre crop and normalisation as the PIL path, with torch's antialiased kernels.
-    Images of one size are resized together in one call."""
+    """`ImagePreprocess` on uint8 tensors [3, h, w] on any device: the same short-side resize
+    (`ImagePreprocess.resized_size`), centre crop and normalisation as the PIL path, with
+    torch's antialiased kernels.  Images of one size are resized together in one call."""
 
     def __init__(self, spec: ImagePreprocess):
         self.spec = spec
@@ -147,8 +147,7 @@ class TensorPreprocess:
         std = torch.tensor(s.std, device=device).view(1, 3, 1, 1) * 255.0
         for (h, w), idx in by_size.items():
             x = torch.stack([images[i] for i in idx]).float()
-            scale = s.resize_size / min(w, h)
-            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+            nw, nh = s.resized_size(w, h)
             # PIL resizes width then height and stores each pass as uint8: do the same, or the
             # vectors drift (cosine 0.9995 instead of 0.99999 for EfficientNet-Lite0)
             for size in ((h, nw), (nh, nw)):

@@ -59,16 +59,13 @@ def hub_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    """Four real photographs (scikit-image), cropped square: for a non-square image torchvision's
-    Resize truncates the long side where embedkit rounds it (a pixel apart)."""
+    """Four real photographs (scikit-image), three of them non-square (rocket's long side
+    becomes 179.86 px at a resize of 120: truncated to 179, as torchvision and timm do)."""
     from skimage import data
 
     folder = tmp_path_factory.mktemp("photos")
     for name in ("chelsea", "coffee", "astronaut", "rocket"):
-        array = getattr(data, name)()
-        side = min(array.shape[:2])
-        array = array[:side, :side]
-        Image.fromarray(array).save(folder / f"{name}.png")
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
     return folder
 
 
