@@ -20,6 +20,7 @@ infinite value, a repeated id or an empty set that a format let through.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -84,6 +85,11 @@ def is_parts_folder(path) -> bool:
     return Path(path).is_dir() and (Path(path) / PARTS_MARKER).is_file()
 
 
+#: Where an output place is refused by the operating system (exit 1, README "Exit codes")
+#: rather than named wrongly (a missing or impossible place: a bad -o, exit 2).
+_REFUSED_BY_THE_SYSTEM = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
 class EmbeddingsWriter:
     """Streams (ids, vectors, label columns) chunks into one of the outputs above.
 
@@ -113,6 +119,9 @@ class EmbeddingsWriter:
                 self._tmp.touch()
                 self._tmp.unlink()
         except OSError as exc:
+            if isinstance(exc, PermissionError) or exc.errno in _REFUSED_BY_THE_SYSTEM:
+                raise type(exc)(exc.errno, f"{exc.strerror}: cannot write the output there; "
+                                "pick another -o", str(path)) from None  # exit 1, as the OS's
             why = "a file is in the way of its folder" if isinstance(
                 exc, (FileExistsError, NotADirectoryError)) else exc.strerror or str(exc)
             raise UsageError(f"{path}: cannot write the output there ({why}); pick another "

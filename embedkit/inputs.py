@@ -475,29 +475,28 @@ def _open_dataset(spec, label: str | None, within: str | None) -> Dataset:
     except (OSError, ValueError) as exc:
         raise NotFoundError(f"{display_name(str(spec))}: cannot be read as a dataset "
                             f"({_short(exc)})") from None
-    try:
-        if is_dir:
-            ds = _from_folder(path, label, within)
-        elif is_file:
-            suffix = path.suffix.lower()
-            if suffix in MANIFEST_SUFFIXES:
-                return _from_manifest(path, label, within)
-            if suffix in TEXT_SUFFIXES:
-                return _from_text_lines(path)
-            if suffix in IMAGE_SUFFIXES:
-                return Dataset(str(path.parent), "image",
-                               [Item(display_name(path.name), path=str(path))])
-            raise UsageError(f"{display_name(str(path))}: not a dataset; give a folder, a "
-                             ".csv/.jsonl manifest, a .txt file or an image")
-        else:
-            from . import samples
+    # an unreadable file or folder is an operating-system refusal (PermissionError: exit 1 in
+    # the CLI, naming it), not bad content
+    if is_dir:
+        ds = _from_folder(path, label, within)
+    elif is_file:
+        suffix = path.suffix.lower()
+        if suffix in MANIFEST_SUFFIXES:
+            return _from_manifest(path, label, within)
+        if suffix in TEXT_SUFFIXES:
+            return _from_text_lines(path)
+        if suffix in IMAGE_SUFFIXES:
+            return Dataset(str(path.parent), "image",
+                           [Item(display_name(path.name), path=str(path))])
+        raise UsageError(f"{display_name(str(path))}: not a dataset; give a folder, a "
+                         ".csv/.jsonl manifest, a .txt file or an image")
+    else:
+        from . import samples
 
-            if str(spec) in samples.names():
-                return _open_dataset(samples.export(str(spec)), label, within)
-            raise NotFoundError(f"{display_name(str(spec))}: no such file, folder or bundled "
-                                "dataset (see: embedkit datasets list)")
-    except PermissionError as exc:
-        raise BadInputError(f"{display_name(str(spec))}: cannot read ({exc.strerror})") from None
+        if str(spec) in samples.names():
+            return _open_dataset(samples.export(str(spec)), label, within)
+        raise NotFoundError(f"{display_name(str(spec))}: no such file, folder or bundled "
+                            "dataset (see: embedkit datasets list)")
     if label is not None and ds.label_names[:1] != [label]:
         raise UsageError(f"{spec}: folder datasets have one label column, 'label'")
     return ds

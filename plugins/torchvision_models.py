@@ -8,6 +8,7 @@ torchvision's weights metadata.
 from __future__ import annotations
 
 import os
+import sys
 
 from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbone,
                                WeightsSource, file_sha256, last_linear, load_state_dict_file,
@@ -124,7 +125,7 @@ class TorchvisionFamily(BackboneFamily):
                 os.makedirs(os.path.dirname(cached), exist_ok=True)
                 try:  # the file name carries its sha256 prefix: a wrong file is refused
                     torch.hub.download_url_to_file(url, cached, hash_prefix=_hash_prefix(url),
-                                                   progress=True)
+                                                   progress=sys.stderr.isatty())
                 except OSError as exc:
                     raise WeightsUnavailable(
                         f"cannot download the weights of {name} from {url} "

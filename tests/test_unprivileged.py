@@ -109,14 +109,7 @@ def test_strict_stops_at_an_unreadable_file_in_one_line(folder, site, tmp_path):
 
 #: README, "Exit codes": 1 is "an operating-system error (..., permission denied, ...)", and
 #: "1 for what the operating system refused"
-NOT_YET = "embedkit maps this PermissionError to another exit code (see tests/README.md)"
-
-
-@pytest.mark.parametrize("where", [
-    "cache",
-    pytest.param("dataset", marks=pytest.mark.xfail(strict=True, reason=NOT_YET + ": 5")),
-    pytest.param("output", marks=pytest.mark.xfail(strict=True, reason=NOT_YET + ": 2")),
-])
+@pytest.mark.parametrize("where", ["cache", "dataset", "output"])
 def test_permission_denied_is_exit_1_in_one_line(where, folder, site, tmp_path):
     """A cache folder, a dataset file, or an output folder that the operating system refuses."""
     closed = tmp_path / "closed"

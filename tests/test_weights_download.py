@@ -100,8 +100,6 @@ def test_a_file_that_does_not_match_its_checksum_is_refused(mirror, digits_small
     assert not (mirror.hub / mirror.file).exists(), "nothing wrong is left in the cache"
 
 
-@pytest.mark.xfail(strict=True, reason="torch.hub's download bar is drawn under --quiet and "
-                   "off a terminal (plugins/torchvision_models.py passes progress=True)")
 def test_a_quiet_refused_download_is_one_line(mirror, digits_small, tmp_path):
     """README: the progress bar is hidden with --quiet or when stderr is not a terminal."""
     (mirror.served / mirror.file).write_bytes(b"not the published file")
