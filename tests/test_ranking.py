@@ -161,7 +161,7 @@ def test_rank_models_default_on_real_digits(digits_small):
     assert "given more than once, ranked once: efficientnet_lite0@blocks.1" in data["notes"]
     assert data["metrics"] == ["budgeted-probe"]
     for row in data["ranking"]:
-        assert row["method"].startswith("probe ") and row["seconds"] > 0
+        assert row["method"].startswith("probe ")
         assert 0 <= row["low"] <= row["budgeted-probe"] <= row["high"] <= 1
         assert row["logme"] is not None  # the fallback score is reported beside it
     assert data["ranking"][0]["budgeted-probe"] >= data["ranking"][1]["budgeted-probe"]

@@ -16,6 +16,7 @@ import embedkit
 from embedkit.cli.main import cli
 from embedkit.errors import UsageError
 from embedkit.files import printable
+from one_line_error import assert_one_line_error
 
 
 def run(*args):
@@ -23,11 +24,7 @@ def run(*args):
 
 
 def one_line_error(result, code):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.output
-    return errors[0]
+    return assert_one_line_error(result, code)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from embedkit.errors import UsageError
+from one_line_error import assert_one_line_error
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -170,4 +171,4 @@ def test_cli_runtime_option(photos, cache, eager):
     assert summary["cache_hits"] + summary["computed"] == len(eager) and not summary["skipped"]
     bad = CliRunner().invoke(cli, ["extract", str(photos), "--runtime", "onnx", "--device",
                                    "cuda", "--cache", str(cache)])
-    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert_one_line_error(bad, 2)
