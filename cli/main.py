@@ -157,7 +157,8 @@ def output_options(f):
               show_default=True, help="CPU inference runtime for image backbones "
               "(onnx / openvino: extras embedkit[onnx] / embedkit[openvino]).")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the model (GPU path; pays off on large runs).")
+              help="torch.compile the model on the GPU decode path (pays off on large "
+                   "runs); the CPU path runs eager or through --runtime.")
 @click.option("--strict", is_flag=True, help="Fail on the first bad item instead of skipping it.")
 @click.option("--engine", type=choice(ENGINES), default="local", show_default=True,
               help="local, or ray: Ray Data on a cluster or a local Ray (embedkit[ray]; "

@@ -12,9 +12,9 @@ OpenVINO compiles the same file (about a second, so it keeps no compiled blob: e
 is checked).  The export is recorded when it is written (`artifact_records`: the sha256 of its
 bytes and what it was made from) and checked against that record before each run's first use: a
 file that differs (another model's export copied over it, edited weights, a truncated file) is
-exported again, never run.  Vectors equal eager
-PyTorch's within float32 rounding (max abs difference about 1e-5, tests/test_runtimes.py); with
-OpenVINO's bf16 inference precision (CPUs with avx512_bf16 / AMX only) cosine about 0.9997.  Each
+exported again, never run.  Vectors equal eager PyTorch's within float32 rounding (max abs
+difference about 1e-5, tests/test_runtimes.py); with OpenVINO's bf16 inference precision (CPUs
+with avx512_bf16 / AMX only) cosine 0.998 to 0.9997 per image (docs/performance.md).  Each
 runtime and precision is its own fingerprint part, so their vectors never mix with eager ones in
 the cache.
 
