@@ -559,7 +559,7 @@ def render(s: dict) -> str:
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<header><h1>{esc(title)}</h1><p>{s['items']} items in {len(s['classes'])} classes "
         f"({esc(s['dataset'])}); which source, model and layer to transfer from, how, and "
-        "how well. Every number on this page is in study.json beside it.</p></header>",
+        "how well. Every measured number on this page is in study.json beside it.</p></header>",
         "<main>", _verdict(s), _warnings(s), _similarity(s), _ranking(s), _advice(s),
         _classifier(s), _map(s, colours), _confused(s, thumbs), _settings(s), "</main>",
         f'<script type="application/json" id="items">{_script_json(hover)}</script>',
