@@ -38,8 +38,9 @@ import torch
 
 from .backbone import ImagePreprocess, TorchImageBackbone, autocast, fingerprint_of
 from .errors import EmbedkitError
-from .inputs import MAX_PIXELS
 from .files import available_cores
+from .inputs import MAX_PIXELS
+from .options import INTERPOLATIONS
 from .runtimes import feature_model
 
 __all__ = ["DECODE_VERSION", "applies", "decode_jpegs", "device_decodable", "embed_stream",
@@ -133,8 +134,7 @@ class TensorPreprocess:
 
     def __init__(self, spec: ImagePreprocess):
         self.spec = spec
-        self.mode = {"bilinear": "bilinear", "bicubic": "bicubic",
-                     "nearest": "nearest"}[spec.interpolation]
+        self.mode = INTERPOLATIONS.check(spec.interpolation)  # torch names them as PIL does
 
     def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
         s = self.spec

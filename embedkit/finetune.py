@@ -59,7 +59,7 @@ from . import schema
 from .errors import (BadInputError, BadWeights, EmbedkitError, NotFoundError, UsageError,
                      WeightsUnavailable)
 from .files import atomic_write
-from .options import OPTIMIZERS, POOLINGS
+from .options import INTERPOLATIONS, OPTIMIZERS, POOLINGS
 
 __all__ = ["CHECKPOINT_FILE", "DEFAULTS", "SPEC_FILE", "SPEC_FORMAT", "WEIGHTS_FILE", "finetune",
            "FinetunedFolder", "FinetuneOptions", "is_finetuned", "make_net", "net_spec_for",
@@ -354,8 +354,6 @@ def _data_hash(ids, labels) -> str:
 # exit 4 (BadWeights) for a weights or checkpoint file that cannot be used.
 
 _START_OVER = "delete it to start over"
-#: ImagePreprocess's resampling filters
-_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #: Larger than any network's input side: a tampered size cannot make each image gigabytes.
 _MAX_SIDE = 8192
 
@@ -404,7 +402,7 @@ _SPEC_SCHEMA = {
             "blocks": schema.list_of(_MODULE), "classes": _CLASSES},
     "preprocessing": {"input_size": schema.integer(32, _MAX_SIDE),
                       "resize_size": schema.integer(32, _MAX_SIDE), "mean": _MEAN, "std": _STD,
-                      "interpolation": schema.one_of(*_INTERPOLATIONS)},
+                      "interpolation": schema.one_of(*INTERPOLATIONS)},
     "task": schema.text(),
     "classes": _CLASSES,
     "training": schema.OBJECT,  # the record of the run: read by people, not by embedkit

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["Options", "at_least", "POOLINGS", "TEXT_POOLINGS", "PRECISIONS", "RUNTIMES",
-           "DECODES", "ENGINES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES",
+__all__ = ["Options", "at_least", "POOLINGS", "INTERPOLATIONS", "TEXT_POOLINGS", "PRECISIONS",
+           "RUNTIMES", "DECODES", "ENGINES", "MODALITIES", "SCALERS", "RESAMPLING", "AUGMENT_MODES",
            "PROJECTIONS", "INDEXES", "ANALOGY_METHODS", "CLASSIFIER_NAMES", "OPTIMIZERS"]
 
 
@@ -51,6 +51,8 @@ def at_least(what: str, value, low: int):
 
 #: Pooling of image block layers (conv maps [c, h, w], transformer tokens).
 POOLINGS = Options("pooling", ("avg", "max", "gem", "flatten"))
+#: Resampling filters of the short-side resize (PIL's, and torch's on the device).
+INTERPOLATIONS = Options("interpolation", ("bilinear", "bicubic", "nearest"))
 #: Pooling of a text's word vectors.
 TEXT_POOLINGS = Options("text pooling", ("mean", "sif"))
 PRECISIONS = Options("precision", ("auto", "fp32", "bf16", "fp16"))

@@ -16,6 +16,7 @@ from embedkit.backbone import (BackboneFamily, ImagePreprocess, TorchImageBackbo
                                WeightsSource, file_sha256, last_linear, load_state_dict_file,
                                unknown_options)
 from embedkit.errors import NotFoundError, UsageError, WeightsUnavailable
+from embedkit.options import INTERPOLATIONS
 
 OPTIONS = ("layer", "pool", "normalize", "weights")
 
@@ -29,12 +30,11 @@ def timm_preprocess(cfg: dict, name: str = "timm") -> ImagePreprocess:
     data = resolve_data_config(pretrained_cfg=cfg)
     mode = data.get("crop_mode") or "center"
     height, width = data["input_size"][-2:]
-    if mode != "center" or height != width or data["interpolation"] not in (
-            "bilinear", "bicubic", "nearest"):
+    if mode != "center" or height != width or data["interpolation"] not in INTERPOLATIONS:
         raise UsageError(f"{name}: timm preprocessing with crop_mode '{mode}', input "
                          f"{height}x{width}, interpolation '{data['interpolation']}' is not "
                          "supported (embedkit takes a square input, crop_mode 'center' and "
-                         "bilinear / bicubic / nearest interpolation)")
+                         f"{INTERPOLATIONS.listed()} interpolation)")
     return ImagePreprocess.from_crop_pct(width, data["crop_pct"], data["mean"], data["std"],
                                          data["interpolation"])
 
