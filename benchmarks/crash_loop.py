@@ -69,6 +69,20 @@ class PixelHashBackbone(Backbone):
         return np.asarray(out, dtype=np.float32)
 
 
+#: Only a process that will never end waits this long: a slow or busy machine is never
+#: reported as a failure of what is measured (the same rule as tests/hung.py).
+HUNG_S = 1800
+
+
+def _finished(proc: subprocess.Popen) -> tuple:
+    """`proc.communicate()`, stopping the harness as "hung" only after HUNG_S."""
+    try:
+        return proc.communicate(timeout=HUNG_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise SystemExit(f"hung: {proc.args!r} had not ended after {HUNG_S} s") from None
+
+
 def make_images(folder: Path, n: int, seed: int = 0) -> Path:
     """n distinct 8x8 PNGs in two class folders."""
     from PIL import Image
@@ -135,7 +149,7 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
         return manifest
 
     started = time.perf_counter()
-    _spawn(work / "timing-cache", upto(-1), model, env=env).communicate(timeout=600)
+    _finished(_spawn(work / "timing-cache", upto(-1), model, env=env))
     run_seconds = time.perf_counter() - started
     stats = {"kills": 0, "random_kills": 0, "fault_kills": {}, "faults_not_reached": 0,
              "opened_and_verified": 0, "verify_problems": [], "worker_errors": []}
@@ -149,7 +163,7 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
             repeated = point.startswith(("shard", "index"))  # hit once per shard, not per run
             armed = f"{point}:{rng.randint(1, 2) if repeated else 1}"
             proc = _spawn(cache, subset, model, compact, {**env, "EMBEDKIT_FAULT": armed})
-            _, err = proc.communicate(timeout=600)
+            _, err = _finished(proc)
             if proc.returncode == -9:
                 stats["fault_kills"][point] = stats["fault_kills"].get(point, 0) + 1
             else:
@@ -158,7 +172,7 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
             proc = _spawn(cache, subset, model, compact, env)
             time.sleep(rng.uniform(0.1, 0.9) * run_seconds)
             proc.kill()
-            _, err = proc.communicate(timeout=600)
+            _, err = _finished(proc)
             stats["random_kills"] += proc.returncode == -9
         stats["kills"] += proc.returncode == -9
         if proc.returncode not in (0, -9):
@@ -170,7 +184,7 @@ def crash_loop(kills: int = 20, items: int = 8, seed: int = 0, model: str | None
         k += 1
     stats["cycles"] = k
     final = _spawn(cache, data, model, compact=True, env=env)
-    _, err = final.communicate(timeout=600)
+    _, err = _finished(final)
     if final.returncode != 0:
         stats["worker_errors"].append(err.strip().splitlines()[-1:])
     reference = _vectors(work / "reference-cache", data, model)  # one uninterrupted run
@@ -209,7 +223,7 @@ def concurrency(writers: int = 4, items: int = 40, rounds: int = 8, seed: int = 
     maint = [_spawn(cache, data, env=env, args=("--maintain", str(rounds))) for _ in range(2)]
     errors = []
     for p in procs + maint:
-        out, err = p.communicate(timeout=900)
+        out, err = _finished(p)
         if p.returncode != 0:
             errors.append(err.strip().splitlines()[-1:])
     db = sqlite3.connect(cache / "index.sqlite")
