@@ -254,7 +254,7 @@ def cache_verify(repair, deep, device, cache):
         raise StoreError(f"{len(problems)} problem(s); run: embedkit cache verify --repair")
     click.echo("repaired: damaged shards quarantined and damaged runtime exports removed; "
                "they are recomputed when next needed" if problems else
-               "ok: every shard matches its checksum")
+               "ok: every shard and runtime export matches its checksum")
     if deep is not None:
         from embedkit.deep_verify import verify_deep
 

@@ -13,28 +13,28 @@ or edited by hand.  Not against someone who rewrites the record as well (README,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
-from .files import atomic_write
+from . import schema
+from .files import atomic_write, sha256_file
 
 __all__ = ["RECORD_SUFFIX", "RUNTIME_EXPORTS", "record_problem", "recorded_problems",
            "remove_recorded", "write_recorded"]
 
 RECORD_SUFFIX = ".record.json"
+#: Why a file with no record is not used: one made before records were kept, or whose record
+#: was lost; it is made again when next needed, so `recorded_problems` does not count it.
+NO_RECORD = "no record of its checksum beside it"
+#: What a record holds (embedkit.schema): the file's name, its sha256, what it was made from.
+RECORD_FIELDS = {"file": schema.text(), "sha256": schema.SHA256, "made_from": schema.OBJECT}
 #: The cache's folder of runtime exports (`<cache>/runtimes`), each file recorded beside it.
 RUNTIME_EXPORTS = "runtimes"
 
 
 def _record_path(path: Path) -> Path:
     return path.with_name(path.name + RECORD_SUFFIX)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def write_recorded(path: Path, write: Callable[[Path], None], made_from: dict) -> Path:
@@ -44,7 +44,7 @@ def write_recorded(path: Path, write: Callable[[Path], None], made_from: dict) -
 
     def write_and_hash(tmp: Path):
         write(tmp)
-        written["sha256"] = _sha256(tmp)
+        written["sha256"] = sha256_file(tmp)
 
     atomic_write(path, write_and_hash)
     atomic_write(_record_path(path), json.dumps(
@@ -60,15 +60,15 @@ def record_problem(path: Path, made_from: dict | None = None) -> str | None:
     try:
         record = json.loads(_record_path(path).read_text())
     except FileNotFoundError:
-        return "no record of its checksum beside it"
+        return NO_RECORD
     except (OSError, ValueError) as exc:
         return f"its record is unreadable ({type(exc).__name__})"
-    if not isinstance(record, dict) or record.get("file") != path.name:
+    if schema.misfit(record, RECORD_FIELDS) or record["file"] != path.name:
         return "its record describes another file"
-    if made_from is not None and record.get("made_from") != made_from:
+    if made_from is not None and record["made_from"] != made_from:
         return "its record says it was made from another model"
     try:
-        if _sha256(path) != record.get("sha256"):
+        if sha256_file(path) != record["sha256"]:
             return "its bytes differ from the checksum recorded when it was written"
     except OSError as exc:
         return f"unreadable ({exc.strerror or type(exc).__name__})"
@@ -78,17 +78,19 @@ def record_problem(path: Path, made_from: dict | None = None) -> str | None:
 def recorded_problems(folder: Path, repair: bool = False) -> list[str]:
     """A line per file in `folder` that fails its record (`record_problem`); `repair` removes
     those files and their records, so that they are made again when next needed.  Hidden
-    files (temporary files of writers) and the records themselves are not checked."""
+    files (temporary files of writers) and the records themselves are not checked, and a file
+    with no record is no problem (it is never used as it is: made again when needed), though
+    `repair` removes it too."""
     problems = []
     files = sorted(folder.iterdir()) if folder.is_dir() else []
     for path in files:
         if path.name.startswith(".") or path.name.endswith(RECORD_SUFFIX) or not path.is_file():
             continue
         why = record_problem(path)
-        if why is not None:
+        if why is not None and why != NO_RECORD:
             problems.append(f"{folder.name}/{path.name}: {why}")
-            if repair:
-                remove_recorded(path)
+        if why is not None and repair:
+            remove_recorded(path)
     return problems
 
 

@@ -10,6 +10,7 @@ read: each problem is reported with the path it concerns.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import pickle
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 __all__ = ["atomic_write", "available_cores", "display_name", "printable", "RefusedPickle",
-           "restricted_load", "walk_files", "WalkEntry", "NUMPY_TYPES"]
+           "restricted_load", "sha256_file", "walk_files", "WalkEntry", "NUMPY_TYPES"]
 
 
 def _fsync_dir(path: Path):
@@ -68,6 +69,13 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes as they are now (read in blocks; never memoised: what an
+    integrity check compares)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def display_name(name: str) -> str:

@@ -142,10 +142,12 @@ def save_index(emb, kind: str, path, **params) -> tuple:
     space = VectorSpace.from_embeddings(emb)
     index = space.index(kind, **params)
     recall = measure_recall(index, space.unit, k=10)
-    index.save(path, about={"checksum": emb.checksum(), "rows": len(emb),
-                            "model": emb.meta.get("model"),
-                            "fingerprint": emb.meta.get("fingerprint"),
-                            "source": emb.meta.get("source"), "recall_at_10": recall})
+    # what the set's meta says of itself, as SET_FIELDS holds it (text, else null), so that
+    # `saved_index` reads back whatever was saved
+    said = {k: v if isinstance(v, str) and v else None
+            for k, v in ((k, emb.meta.get(k)) for k in ("model", "fingerprint", "source"))}
+    index.save(path, about={"checksum": emb.checksum(), "rows": len(emb), **said,
+                            "recall_at_10": recall})
     return index, recall
 
 

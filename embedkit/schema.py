@@ -36,9 +36,8 @@ def _is_int(value) -> bool:  # JSON true / false are not numbers here
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+def _is_number(value) -> bool:  # an int is finite however large (math.isfinite would overflow)
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def integer(low: int, high: int | None = None, optional: bool = False) -> Rule:

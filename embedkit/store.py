@@ -47,7 +47,7 @@ import numpy as np
 
 from .artifact_records import RUNTIME_EXPORTS, recorded_problems
 from .errors import CacheUnavailable, StoreError
-from .files import atomic_write, available_cores
+from .files import atomic_write, available_cores, sha256_file
 
 __all__ = ["DEFAULT_FLUSH_ROWS", "FAULT_POINTS", "QUARANTINE", "RACY_WINDOW_NS", "SCHEMA_VERSION",
            "SHARD_SUFFIX", "TMP_PREFIX", "column_vectors", "content_checksum", "default_root",
@@ -799,9 +799,9 @@ def _hash_checked(path, key, st):
     try:
         identity = _identity(st)
         started = time.time_ns()
-        digest = _hash_file(key)
+        digest = sha256_file(key)
         if _identity(os.stat(key)) != identity:
-            return path, _hash_file(key), None
+            return path, sha256_file(key), None
         racy = started - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_WINDOW_NS
         return path, digest, None if racy else (key, *identity, digest)
     except OSError as exc:
@@ -810,11 +810,6 @@ def _hash_checked(path, key, st):
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _hash_file(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _chunks(seq, n):

@@ -1,5 +1,5 @@
 """Vector maths and nearest-neighbour search: the low floor, which imports nothing of embedkit
-but its errors and its option declarations.
+but the ground floor (errors, option declarations, the record schemas, atomic writes).
 
 - cosine similarity (float64) and unit-normalised rows;
 - nearest neighbours by cosine = inner product of L2-normalised vectors: exact (the default,

@@ -77,7 +77,7 @@ def test_extract_then_cache_maintenance(tmp_path, digits_small):
     info = json.loads(run("cache", "info", "--cache", cache, "--json").output)
     assert info["vectors"] == 20 and info["models"][0]["name"] == "efficientnet_lite0"
     assert run("cache", "verify", "--cache", cache).output.strip() == \
-        "ok: every shard matches its checksum"
+        "ok: every shard and runtime export matches its checksum"
     assert "->" in run("cache", "compact", "--cache", cache).output
     unknown = run("cache", "clear", "--cache", cache, "--fingerprint", "deadbeef", ok=False)
     assert_one_line_error(unknown, 2, "--fingerprint deadbeef: no vectors of that model",

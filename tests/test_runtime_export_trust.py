@@ -155,6 +155,19 @@ def test_cache_verify_reports_a_damaged_export_and_repair_removes_it(cache):
     assert _cli("cache", "verify", "--cache", cache).exit_code == 0
 
 
+def test_an_export_without_a_record_is_no_problem_for_verify_and_repair_removes_it(cache):
+    """An export made before records were kept is never used as it is (it is exported again
+    when next needed), so a healthy cache from an older embedkit verifies clean."""
+    from embedkit.artifact_records import RECORD_SUFFIX
+
+    path = _export(cache)
+    path.with_name(path.name + RECORD_SUFFIX).unlink()
+    found = _cli("cache", "verify", "--cache", cache)
+    assert found.exit_code == 0, found.output
+    assert _cli("cache", "verify", "--repair", "--cache", cache).exit_code == 0
+    assert not path.exists()
+
+
 def test_deep_verify_recomputes_runtime_vectors_with_eager_pytorch(photos, eager, cache):
     """Vectors made through ONNX Runtime are recomputed with eager PyTorch (not skipped as
     "not checkable"), and a wrong vector planted under the runtime's fingerprint is caught."""
