@@ -43,7 +43,8 @@ def _printable_output():
     label or message carrying terminal control sequences is shown, never acted on, whichever
     message, table, warning or note it reaches the terminal through."""
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = (_PrintableStream(s) for s in streams)
+    sys.stdout, sys.stderr = (s if isinstance(s, _PrintableStream) else _PrintableStream(s)
+                              for s in streams)  # a group inside a group wraps once
     try:
         yield
     finally:
@@ -52,18 +53,25 @@ def _printable_output():
 
 class _PrintableStream:
     """A text stream that escapes control characters; a carriage return that starts a write
-    (a progress bar redrawing its line) is kept."""
+    (a progress bar redrawing its line) is kept.  It has no `buffer`, so that nothing (click
+    on a stream it thinks misconfigured, say) writes past it to the bytes below."""
 
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8", "backslashreplace")
         redraw = "\r" if text.startswith("\r") else ""
         return self._stream.write(redraw + printable(text[len(redraw):]))
 
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
     def __getattr__(self, name):
+        if name == "buffer":
+            raise AttributeError("the CLI's output is text only")
         return getattr(self._stream, name)
 
 

@@ -320,6 +320,9 @@ def session(address: str | None = None):
     ray = _ray()
     started = not ray.is_initialized()
     if started:
+        # workers' lines reach the terminal with a plain prefix, not colour codes (the CLI
+        # escapes every control character it prints)
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         if address:
             _join(ray, address)
         else:
