@@ -473,7 +473,9 @@ def _number_matrix(vectors, path) -> np.ndarray:
     if not vectors.shape[1]:
         raise BadInputError(f"{path}: its vectors have 0 dimensions (shape {vectors.shape})")
     with np.errstate(over="ignore"):  # beyond float32's range: infinite, refused as such
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    # a view of a reader's memory (Arrow's) is read-only: the caller gets an array of its own
+    return vectors if vectors.flags.writeable else vectors.copy()
 
 
 def _one_per_vector(values, n: int, what: str, path):

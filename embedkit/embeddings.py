@@ -12,8 +12,10 @@ a repeated id or a pickle the same way.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,7 +397,8 @@ def _read_numpy(path: Path, name: str | None, ids_file):
         vectors, ident, labels = _read_npz(path, name)
     else:
         with open(path, "rb") as f:
-            vectors, ident, labels = _plain_array(f, path), None, {}
+            vectors, ident, labels = _plain_array(f, path, os.fstat(f.fileno()).st_size), \
+                None, {}
     from .embedding_files import ids_sidecar, read_sidecar
 
     if ids_file is None and ids_sidecar(path).is_file():  # written beside it by embedkit
@@ -413,9 +416,14 @@ def _read_numpy(path: Path, name: str | None, ids_file):
 def _read_npz(path: Path, name: str | None):
     """(vectors, ids or None, labels) of a .npz: its `vectors` or `embeddings` array (or the
     one named), and its `ids` and `labels` arrays when it has them."""
+    from .embedding_files import PICKLE_START, untrusted
+
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
+        with open(path, "rb") as f:
+            if f.read(1) == PICKLE_START:
+                raise untrusted(path, "a Python pickle, not a .npz archive") from None
         raise BadInputError(f"{path}: not a .npz archive ({exc})") from None
     with archive:
         members = {member.removesuffix(".npy"): member for member in archive.namelist()}
@@ -426,7 +434,8 @@ def _read_npz(path: Path, name: str | None):
 
         def array(key):
             with archive.open(members[key]) as f:
-                return _plain_array(f, f"{path} ({key})")
+                return _plain_array(f, f"{path} ({key})",
+                                    archive.getinfo(members[key]).file_size)
 
         vectors = array(candidates[0])
         ident = array("ids") if "ids" in members else None
@@ -434,28 +443,35 @@ def _read_npz(path: Path, name: str | None):
     return vectors, ident, labels
 
 
-def _plain_array(f, where) -> np.ndarray:
-    """The .npy array in the open binary file `f`, read as `np.load(allow_pickle=False)` would.
-    A pickle, or an array of Python objects, is refused (exit 4) from its first bytes, before
-    anything of it is read: numpy would hand a pickled .npz member back as raw bytes, and an
-    object array fails deep inside numpy."""
+def _plain_array(f, where, size: int) -> np.ndarray:
+    """The .npy array in the open binary file `f` of `size` bytes, read as
+    `np.load(allow_pickle=False)` would.  A pickle, or an array of Python objects, is refused
+    (exit 4) from its first bytes, before anything of it is read: numpy would hand a pickled
+    .npz member back as raw bytes, and an object array fails deep inside numpy.  A header
+    whose shape the bytes after it do not fill is refused before anything is allocated (a
+    200-byte file may claim terabytes)."""
     from .embedding_files import PICKLE_START, untrusted
 
     fmt = np.lib.format
-    start = f.read(len(fmt.MAGIC_PREFIX))
-    if start.startswith(PICKLE_START):
-        raise untrusted(where, "a Python pickle, not a NumPy array")
-    if start != fmt.MAGIC_PREFIX:
-        raise BadInputError(f"{where}: not a NumPy array (no .npy header)")
-    f.seek(0)
     try:
+        start = f.read(len(fmt.MAGIC_PREFIX))
+        if start.startswith(PICKLE_START):
+            raise untrusted(where, "a Python pickle, not a NumPy array")
+        if start != fmt.MAGIC_PREFIX:
+            raise BadInputError(f"{where}: not a NumPy array (no .npy header)")
+        f.seek(0)
         version = fmt.read_magic(f)
         header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        if header(f)[2].hasobject:
+        shape, _, dtype = header(f)
+        if dtype.hasobject:
             raise untrusted(where, "an array of Python objects (dtype object)")
+        need, held = math.prod(shape) * dtype.itemsize, size - f.tell()
+        if need != held:
+            raise BadInputError(f"{where}: a damaged NumPy array (its header says {shape} "
+                                f"{dtype}, {need} bytes, but {held} bytes follow it)")
         f.seek(0)
         return fmt.read_array(f, allow_pickle=False)
-    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise BadInputError(f"{where}: a damaged NumPy array ({exc})") from None
 
 

@@ -1043,6 +1043,8 @@ def _base_of(spec: dict, where: Path, then: str):
         if isinstance(base, TorchImageBackbone):
             base = create_backbone(recorded["model"], layer=recorded["layer"],
                                    pool=recorded["pool"])
+    except UsageError as exc:  # a layer and pooling that do not go together: the record's
+        raise BadInputError(f"{where}: base: {exc}; {then}") from None  # fault, not an option
     except EmbedkitError as exc:  # an unknown model or layer keeps its exit code (3, or 7)
         exc.args = (f"{where}: base: {exc}",)
         raise

@@ -151,8 +151,8 @@ class VectorSpace:
                     if v.shape != (self.dim,):
                         raise UsageError(f"a query vector must have {self.dim} values, not "
                                          f"shape {v.shape}")
-                    if not v.any():
-                        raise UsageError("a query vector is all zeros")
+                    if not v.any() or not np.isfinite(v).all():
+                        raise UsageError("a query vector must be finite and not all zeros")
                     terms.append(_Term(_unit64(v), weight, None))
         if not any(t.weight > 0 for t in terms):
             raise UsageError("a query needs at least one positive key or vector")

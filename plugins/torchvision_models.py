@@ -134,7 +134,7 @@ class TorchvisionFamily(BackboneFamily):
                 except RuntimeError as exc:
                     raise BadWeights(f"{url}: refused: the downloaded file does not match the "
                                      f"checksum in its name ({exc})") from None
-            elif path == cached:  # not --weights FILE, which is fingerprinted by its sha256
+            elif weights is None:  # not --weights FILE, which is fingerprinted by its sha256
                 _check_published(cached)
             model.load_state_dict(load_state_dict_file(path or cached))
 

@@ -163,6 +163,9 @@ CASES = {
         PREDICT, spec_edit(lambda s: s["net"].update(module="blocks.99")), 5, "net.module"),
     "hook neither input nor output": (
         EXTRACT, spec_edit(lambda s: s["net"].update(hook="sideways")), 5, "net.hook"),
+    "base layer and pooling that do not go together": (
+        EXTRACT, spec_edit(lambda s: s["base"].update(layer="pre_logits", pool="flatten")), 5,
+        "base"),
     "checkpoint pickled": (RESUME, pickled(CHECKPOINT_FILE), 4, CHECKPOINT_FILE),
     "checkpoint without a tuned tensor": (RESUME, checkpoint_edit(drop_net_tensor), 4,
                                           "is missing"),

@@ -348,3 +348,46 @@ def test_loading_any_foreign_file_gives_clean_vectors_or_an_exit_4_or_5(tmp_path
     assert len(vectors) >= 1 and vectors.shape[1] >= 1
     assert np.isfinite(vectors).all()
     assert len(set(ids)) == len(ids) == len(vectors)
+
+
+# -- found in review: headers that lie, damaged members, pickles under .npz, read-only arrays --
+
+def test_a_npy_header_claiming_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 9, 10 ** 4)})
+    path = tmp_path / "huge.npy"
+    path.write_bytes(buf.getvalue() + b"\0" * 24)  # 200 bytes claiming 40 TB
+    with pytest.raises(BadInputError, match="header says .* but 24 bytes follow it"):
+        load_embeddings(path)
+
+
+def test_a_damaged_compressed_npz_member_is_bad_input(tmp_path):
+    np.savez_compressed(tmp_path / "z.npz", vectors=np.ones((50, 8), np.float32))
+    data = bytearray((tmp_path / "z.npz").read_bytes())
+    at = data.find(b"vectors.npy") + 40  # inside the deflated member
+    data[at:at + 20] = b"\xff" * 20
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    assert_one_line_error(_cli("similar", "0", "--embeddings", tmp_path / "bad.npz"), 5,
+                          "bad.npz (vectors): a damaged NumPy array")
+
+
+def test_a_pickle_named_npz_is_refused_as_untrusted(tmp_path):
+    (tmp_path / "p.npz").write_bytes(pickle.dumps({"vectors": [[1.0, 2.0]]}))
+    assert_one_line_error(_cli("similar", "0", "--embeddings", tmp_path / "p.npz"), 4,
+                          "a Python pickle")
+
+
+def test_vectors_read_from_parquet_are_the_callers_to_change(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "v": [[1.0, 2.0], [3.0, 4.0]]}), path)
+    vectors = load_embeddings(path).vectors
+    vectors /= 2  # read-only before: a view of Arrow's memory
+    np.testing.assert_array_equal(vectors, [[0.5, 1.0], [1.5, 2.0]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_query_vector_is_refused(bad):
+    space = VectorSpace(["a", "b"], np.eye(2, dtype=np.float32))
+    with pytest.raises(EmbedkitError, match="finite"):
+        space.most_similar(positive=[np.array([1.0, bad])])
