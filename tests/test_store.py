@@ -48,6 +48,7 @@ def test_shards_are_plain_parquet(store):
 def test_stat_cache_rehashes_only_changed_files(store, tmp_path, monkeypatch):
     import hashlib
 
+    import embedkit.files as files_module
     import embedkit.store as store_module
 
     monkeypatch.setattr(store_module, "RACY_WINDOW_NS", -10**12)  # files written just now count
@@ -60,7 +61,7 @@ def test_stat_cache_rehashes_only_changed_files(store, tmp_path, monkeypatch):
     assert first[str(paths[1])] == hashlib.sha256(b"content 1").hexdigest()
     opened = []
     real_open = open
-    monkeypatch.setattr(store_module, "open",
+    monkeypatch.setattr(files_module, "open",  # where the store's file hashing reads
                         lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k),
                         raising=False)
     assert store.file_hashes([str(p) for p in paths]) == first
