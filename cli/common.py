@@ -169,6 +169,8 @@ def model_options(f):
 
 SKIP_NONFINITE_HELP = ("Drop the vectors of a saved embeddings file that hold NaN or infinite "
                        "values (counted on stderr) instead of refusing the file.")
+#: The one --skip-nonfinite flag (how each command applies it differs; the option does not).
+skip_nonfinite_flag = click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)
 
 
 def read_saved_set(spec, options: str, **how):
@@ -202,7 +204,7 @@ def embeddings_columns(f):
                 vector_column=vector_column, id_column=id_column, skip_nonfinite=skip_nonfinite)
         return f(*args, **kwargs)
 
-    command = click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)(command)
+    command = skip_nonfinite_flag(command)
     command = click.option("--id-column", default=None,
                            help="Id column of a Parquet file another tool wrote (default: "
                                 "'id' if present, else row numbers).")(command)
@@ -223,7 +225,7 @@ def skip_nonfinite_option(argument: str):
                                                   skip_nonfinite=True)
             return f(*args, **kwargs)
 
-        return click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)(command)
+        return skip_nonfinite_flag(command)
 
     return decorate
 

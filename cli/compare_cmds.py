@@ -14,11 +14,10 @@ from pathlib import Path
 
 import click
 
-from embedkit.cli.common import SKIP_NONFINITE_HELP, cache_option, emit_json, figure_path, \
-    json_option, list_options, model_options, read_saved_set, run_options, table
+from embedkit.cli.common import cache_option, emit_json, figure_path, json_option, \
+    list_options, model_options, read_saved_set, run_options, skip_nonfinite_flag, table
 
 csv_option = click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout.")
-skip_nonfinite_flag = click.option("--skip-nonfinite", is_flag=True, help=SKIP_NONFINITE_HELP)
 
 
 def _extract_options(layer, pool, normalize, weights, cache, run) -> dict:
