@@ -425,9 +425,21 @@ class TorchImageBackbone(Backbone):
     def source(self) -> WeightsSource:
         return self._source
 
+    @property
+    def preprocessing(self) -> ImagePreprocess:
+        return self._preprocessing
+
+    @preprocessing.setter
+    def preprocessing(self, value: ImagePreprocess):
+        """Another preprocessing (fine-tuning at another input size) changes the layers' output
+        shapes, so what was probed at the old size is forgotten."""
+        self._preprocessing = value
+        self._layer_info = None
+
     def layer_info(self) -> dict[str, LayerInfo]:
         """Every extractable layer with its output shape, probed on the meta device (no weights)
-        once per architecture and library version, then remembered in the cache folder."""
+        once per architecture, library version and input size, then remembered in the cache
+        folder."""
         if self._layer_info is None:
             self._layer_info = _layer_shape_cache(
                 f"{self.family}/{self.name}/{self.preprocessing.input_size}", self._probe_layers)

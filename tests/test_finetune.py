@@ -243,3 +243,15 @@ def test_cli_finetune_compare_probe_predict_and_errors(digits_small, tmp_path):
             (["--resume", "-o", tmp_path / "y"], 3, "no checkpoint to resume")]:
         result = cli_run("finetune", digits_small, *args, code=code)
         assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_another_input_size_gives_the_layer_shapes_of_that_size():
+    """Fine-tuning at --input-size replaces the base's preprocessing; a flattened block's
+    size follows it (before: the shapes probed at the old size stayed, and the head was built
+    for them: a matrix-shape traceback)."""
+    backbone = create_backbone("efficientnet_lite0", layer="blocks.6", pool="flatten")
+    at_224 = backbone.dim
+    backbone.preprocessing = resized(backbone.preprocessing, SIZE)
+    assert backbone.dim != at_224
+    batch = torch.zeros(1, 3, SIZE, SIZE)
+    assert backbone.embed(batch).shape == (1, backbone.dim)
