@@ -104,7 +104,7 @@ def export_onnx(backbone: TorchImageBackbone, folder: Path) -> Path:
     naming the file and why.  Atomic renames, so concurrent runs at worst export twice."""
     backbone.to("cpu", "fp32")
     made_from = _export_origin(backbone)
-    path = export_path(backbone, folder)
+    path = _export_file(folder, backbone.name, made_from)
     problem = record_problem(path, made_from)
     if problem is None:
         return path
@@ -126,7 +126,11 @@ def export_onnx(backbone: TorchImageBackbone, folder: Path) -> Path:
 
 def export_path(backbone: TorchImageBackbone, folder: Path) -> Path:
     """Where `folder` keeps the export of `backbone` (its name and a hash of its origin)."""
-    return Path(folder) / f"{backbone.name}-{fingerprint_of(**_export_origin(backbone))}.onnx"
+    return _export_file(folder, backbone.name, _export_origin(backbone))
+
+
+def _export_file(folder: Path, name: str, made_from: dict) -> Path:
+    return Path(folder) / f"{name}-{fingerprint_of(**made_from)}.onnx"
 
 
 def _export_origin(backbone: TorchImageBackbone) -> dict:
