@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import BadInputError, UntrustedFile, UsageError
-from .files import atomic_write
+from .files import atomic_write, first_repeat
 
 __all__ = ["PARTS_MARKER", "PICKLE_START", "CheckedSet", "EmbeddingsWriter", "csv_layout",
            "ids_sidecar", "is_parts_folder", "output_kind", "read_csv_set", "read_parquet_set",
@@ -490,14 +490,11 @@ def _one_per_vector(values, n: int, what: str, path):
 
 def _check_unique(ids: list[str], rows: np.ndarray, path):
     """Refuse a repeated id, naming it and both rows (in the file's numbering)."""
-    if len(set(ids)) == len(ids):
-        return
-    seen: dict[str, int] = {}
-    for ident, row in zip(ids, rows.tolist()):
-        first = seen.setdefault(ident, row)
-        if first != row:
-            raise BadInputError(f"{path}: id '{ident}' is used twice (rows {first} and {row}, "
-                                "counting from 0); ids must be unique")
+    repeat = first_repeat(ids)
+    if repeat is not None:
+        ident, first, again = repeat
+        raise BadInputError(f"{path}: id '{ident}' is used twice (rows {rows[first]} and "
+                            f"{rows[again]}, counting from 0); ids must be unique")
 
 
 #: How every pickle of protocol 2 or later starts (the PROTO opcode).

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "available_cores", "display_name", "printable", "RefusedPickle",
-           "restricted_load", "sha256_file", "walk_files", "WalkEntry", "NUMPY_TYPES"]
+__all__ = ["atomic_write", "available_cores", "display_name", "first_repeat", "printable",
+           "RefusedPickle", "restricted_load", "sha256_file", "walk_files", "WalkEntry",
+           "NUMPY_TYPES"]
 
 
 def _fsync_dir(path: Path):
@@ -69,6 +70,17 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def first_repeat(values) -> tuple[object, int, int] | None:
+    """(value, its first position, the position it comes again at) for the first value that
+    repeats in `values`, or None when every value is unique."""
+    seen: dict = {}
+    for position, value in enumerate(values):
+        first = seen.setdefault(value, position)
+        if first != position:
+            return value, first, position
+    return None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError, NotFoundError, UsageError
-from .files import display_name, walk_files
+from .files import display_name, first_repeat, walk_files
 
 __all__ = ["IMAGE_SUFFIXES", "MANIFEST_NAMES", "MANIFEST_SUFFIXES", "MAX_PIXELS", "PATH_COLUMNS",
            "TEXT_COLUMNS", "TEXT_SUFFIXES", "Dataset", "from_list", "in_memory_image",
@@ -291,13 +291,12 @@ def _from_manifest(path: Path, label: str | None, within: str | None = None) -> 
 
 
 def _check_unique_ids(ds: Dataset, where):
-    seen: dict[str, int] = {}
-    for n, item in enumerate(ds.items):
-        if item.id in seen:
-            raise BadInputError(f"{where}: id '{item.id}' is used twice (items {seen[item.id] + 1} "
-                                f"and {n + 1}); ids must be unique: fix the 'id' column or "
-                                "remove the duplicate row")
-        seen[item.id] = n
+    repeat = first_repeat(item.id for item in ds.items)
+    if repeat is not None:
+        ident, first, again = repeat
+        raise BadInputError(f"{where}: id '{ident}' is used twice (items {first + 1} and "
+                            f"{again + 1}); ids must be unique: fix the 'id' column or remove "
+                            "the duplicate row")
 
 
 def _order_labels(columns: list[str], label: str | None, where) -> list[str]:
